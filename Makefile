@@ -1,0 +1,36 @@
+# Tessera's two user commands: `make up` (install + run) and `make test` (install + test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_WORKERS ?= auto
+
+.PHONY: up test lint bench install test-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/tessera up
+
+test-deps:
+	scripts/install-test-deps
+
+test: install test-deps
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install test-deps
+	$(BIN)/python -m bench.api_submit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,1 @@
+"""The wire contract: pydantic models of every Tessera resource."""

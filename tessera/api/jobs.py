@@ -1,0 +1,213 @@
+"""Jobs, task groups, tasks, attempts and allocations."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from tessera.api.common import Duration, Labels, Meta, Model, Name
+from tessera.api.resources import Resources
+
+PRIORITY_CLASSES: dict[str, int] = {"low": 0, "normal": 100, "high": 1000}
+PRIORITY_FORM = "low, normal, high, or an integer in -1000000..1000000"
+ENV_NAME_FORM = "an environment variable name like MY_VAR (letters, digits, '_')"
+
+
+class JobState(enum.StrEnum):
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    PREEMPTED = "PREEMPTED"
+    RESIZING = "RESIZING"
+    RECOVERING = "RECOVERING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class TerminalReason(enum.StrEnum):
+    COMPLETED = "Completed"
+    ERROR = "Error"
+    START_ERROR = "StartError"
+    SLICE_OOM = "SliceOOM"
+    HOST_OOM = "HostOOM"
+    NODE_LOST = "NodeLost"
+    EVICTED = "Evicted"
+    CANCELLED = "Cancelled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    QUEUE_DELETED = "QueueDeleted"
+
+
+class PendingReason(Model):
+    """Why a job is not running yet; refreshed every scheduling cycle."""
+
+    code: str = Field(description="Machine-readable, e.g. NoNodes, QuotaExceeded.")
+    message: str
+
+
+def _priority(value: Any) -> Any:
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in PRIORITY_CLASSES:
+            return PRIORITY_CLASSES[key]
+        try:
+            return int(key)
+        except ValueError:
+            raise ValueError(f"{value!r} is not {PRIORITY_FORM}") from None
+    return value
+
+
+Priority = Annotated[int, BeforeValidator(_priority), Field(ge=-1_000_000, le=1_000_000)]
+
+
+class TaskGroupSpec(Model):
+    """A group of identical tasks, e.g. ``worker`` x 4 (rank 0 acts as torch master)."""
+
+    name: Name = "worker"
+    replicas: int = Field(default=1, ge=1, le=10_000)
+    min_available: int | None = Field(
+        default=None, ge=1, description="Gang size: tasks placed together; defaults to replicas."
+    )
+    command: list[str] = Field(min_length=1, description="argv of every task in the group.")
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    image: str | None = Field(default=None, description="Container image (container backends).")
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskGroupSpec:
+        if self.min_available is not None and self.min_available > self.replicas:
+            raise ValueError(
+                f"min_available ({self.min_available}) cannot exceed replicas ({self.replicas})"
+            )
+        for key in self.env:
+            if not key or not (key[0].isalpha() or key[0] == "_") or not all(
+                c.isalnum() or c == "_" for c in key
+            ):
+                raise ValueError(f"env key {key!r} is not {ENV_NAME_FORM}")
+        if not self.command[0]:
+            raise ValueError("command[0] must name a program")
+        return self
+
+    @property
+    def gang_size(self) -> int:
+        return self.min_available or self.replicas
+
+
+class RetryPolicy(Model):
+    max_retries: int = Field(default=0, ge=0, le=100)
+
+
+class JobSpec(Model):
+    name: Name
+    project: Name = "default"
+    queue: Name | None = Field(default=None, description="Defaults to the project's queue.")
+    kind: str = Field(default="train", pattern="^(train|pytorchjob|elastic)$")
+    groups: list[TaskGroupSpec] = Field(min_length=1, max_length=16)
+    priority: Priority = PRIORITY_CLASSES["normal"]
+    preemptible: bool = False
+    deadline: Duration | None = Field(
+        default=None, description="Fail with DeadlineExceeded if not finished this long after submit."
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    labels: Labels = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> JobSpec:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups must have distinct names, got {names}")
+        return self
+
+    @property
+    def task_count(self) -> int:
+        return sum(g.replicas for g in self.groups)
+
+
+class SubmitJobRequest(JobSpec):
+    """A job submission; ``name`` may be left out and is then generated."""
+
+    name: Name | None = None  # type: ignore[assignment]
+
+
+class JobStatus(Model):
+    state: JobState
+    reason: TerminalReason | None = None
+    message: str = ""
+    pending_reason: PendingReason | None = None
+    attempt: int = 0
+    exit_code: int | None = None
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Task(Model):
+    id: uuid.UUID
+    group: str
+    index: int
+    state: TaskState
+    node: str | None = None
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Allocation(Model):
+    """A slice bound to one task: where, how much, and by which tier enforced."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    task_id: uuid.UUID
+    node: str
+    gpu_uuid: str | None = None
+    mig_instance: str | None = None
+    memory_mib: int = 0
+    compute_pct: float = 0
+    tier: str | None = None
+
+
+class Attempt(Model):
+    number: int
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    reason: str | None = None
+    nodes: list[str] = Field(default_factory=list)
+
+
+class Job(Meta):
+    name: Name
+    project: Name
+    queue: Name
+    owner: str
+    spec: JobSpec
+    status: JobStatus
+    tasks: list[Task] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(default_factory=list)
+
+
+class CancelJobRequest(Model):
+    message: str = Field(default="", max_length=1000)

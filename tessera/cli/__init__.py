@@ -1,0 +1,1 @@
+"""The ``tessera`` command: remote verbs through tessera.client, local verbs import lazily."""

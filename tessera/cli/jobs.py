@@ -1,0 +1,224 @@
+"""Job verbs: submit train, list, get, cancel, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from tessera.api.jobs import Job, JobState
+from tessera.api.quantities import QuantityError, format_mib, parse_duration
+from tessera.cli.output import Format, age, dump, fail, out, server_errors, table
+from tessera.client import Client
+
+submit_app = typer.Typer(help="Submit a job (Arena's verbs: train, ...).", no_args_is_help=True)
+
+OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, wide, json or yaml.")]
+ProjectOpt = Annotated[str, typer.Option("-p", "--project", envvar="TESSERA_PROJECT",
+                                         help="Project of jobs addressed by name.")]
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=flag)
+        pairs[key] = val
+    return pairs
+
+
+def _duration(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_duration(value)
+    except QuantityError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--deadline") from None
+    return value
+
+
+@submit_app.command("train", context_settings={"allow_interspersed_args": False})
+def submit_train(
+    command: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
+    name: Annotated[str | None, typer.Option("--name", help="Job name (DNS label); generated if unset.")] = None,
+    project: ProjectOpt = "default",
+    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Defaults to the project's queue.")] = None,
+    gpus: Annotated[float | None, typer.Option(help="Whole GPUs (1, 2, ...) or a fraction like 0.5.")] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help="Slice memory, e.g. 4Gi.")] = None,
+    gpu_compute: Annotated[int | None, typer.Option(help="Slice compute percent, 1..100.")] = None,
+    mig: Annotated[str | None, typer.Option(help="MIG profile, e.g. 1g.10gb.")] = None,
+    gpu_model: Annotated[list[str] | None, typer.Option(help="Allowed GPU model (repeatable).")] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU per task: 2, 0.5 or 500m.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Host memory per task, e.g. 8Gi.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Tasks in the gang; rank 0 is the master.")] = 1,
+    min_available: Annotated[int | None, typer.Option(min=1, help="Gang size if below workers.")] = None,
+    priority: Annotated[str | None, typer.Option(help="low, normal, high or an integer.")] = None,
+    preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
+    deadline: Annotated[str | None, typer.Option(help="Fail if not done within, e.g. 90s, 30m, 2h, 1d.")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Times to retry after a failure.")] = 0,
+    workdir: Annotated[str | None, typer.Option(help="Working directory of each task.")] = None,
+    image: Annotated[str | None, typer.Option(help="Container image (container backends only).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Submit a training job: tessera submit train --name N --gpu-memory 4Gi -- python train.py"""
+    resources: dict[str, Any] = {}
+    for key, value in (("gpus", gpus), ("gpu_memory", gpu_memory), ("gpu_compute", gpu_compute),
+                       ("mig_profile", mig), ("cpu", cpu), ("memory", memory)):
+        if value is not None:
+            resources[key] = value
+    if gpu_model:
+        resources["gpu_models"] = gpu_model
+    group: dict[str, Any] = {"name": "worker", "replicas": workers, "command": command,
+                             "resources": resources, "env": _pairs(env or [], "--env")}
+    if min_available is not None:
+        group["min_available"] = min_available
+    if workdir:
+        group["working_dir"] = workdir
+    if image:
+        group["image"] = image
+    body: dict[str, Any] = {"project": project, "kind": "train", "groups": [group],
+                            "preemptible": preemptible, "retry": {"max_retries": retries},
+                            "labels": _pairs(label or [], "--label")}
+    for key, value in (("name", name), ("queue", queue), ("priority", priority),
+                       ("deadline", _duration(deadline))):
+        if value is not None:
+            body[key] = value
+    with server_errors(), Client() as client:
+        job = client.submit_job(body, idempotency_key=idempotency_key)
+    if output in (Format.JSON, Format.YAML):
+        dump(job, output)
+    else:
+        out.print(f"job [bold]{job.name}[/bold] submitted to queue {job.queue} "
+                  f"({job.status.state}): tessera get {job.name}", highlight=False)
+
+
+def _gpu_summary(job: Job) -> str:
+    r = job.spec.groups[0].resources
+    if r.mig_profile:
+        return r.mig_profile
+    if r.gpu_memory is not None or r.gpu_compute is not None:
+        parts = [format_mib(r.gpu_memory) if r.gpu_memory is not None else "",
+                 f"{r.gpu_compute}%" if r.gpu_compute is not None else ""]
+        return "/".join(p for p in parts if p)
+    return f"{r.gpus:g}" if r.gpus else "-"
+
+
+def _status(job: Job) -> str:
+    if job.status.state is JobState.PENDING and job.status.pending_reason:
+        return f"PENDING ({job.status.pending_reason.code})"
+    if job.status.reason and job.status.state is JobState.FAILED:
+        return f"FAILED ({job.status.reason})"
+    return job.status.state.value
+
+
+def list_jobs(
+    project: Annotated[str | None, typer.Option("-p", "--project", help="Only this project.")] = None,
+    queue: Annotated[str | None, typer.Option("-q", "--queue")] = None,
+    state: Annotated[list[JobState] | None, typer.Option("--state", case_sensitive=False)] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Name contains.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-A", help="Every page, not only the first.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """List jobs, newest first."""
+    with server_errors(), Client() as client:
+        filters: dict[str, Any] = dict(project=project, queue=queue, states=state, search=search)
+        if all_:
+            jobs = list(client.iter_jobs(limit=limit, **filters))
+            more = None
+        else:
+            page = client.list_jobs(limit=limit, **filters)
+            jobs, more = page.items, page.continue_
+    if output in (Format.JSON, Format.YAML):
+        dump(jobs, output)
+        return
+    wide = output is Format.WIDE
+    columns = ["NAME", "STATUS", "QUEUE", "TASKS", "GPU", "AGE"]
+    if wide:
+        columns += ["PROJECT", "OWNER", "PRIORITY", "ATTEMPT", "ID"]
+    rows = []
+    for job in jobs:
+        row = [job.name, _status(job), job.queue, str(job.spec.task_count), _gpu_summary(job),
+               age(job.created_at)]
+        if wide:
+            row += [job.project, job.owner, str(job.spec.priority), str(job.status.attempt), str(job.id)]
+        rows.append(row)
+    table(columns, rows)
+    if more:
+        out.print("(more jobs: use --all or --limit)", style="dim")
+
+
+def get_job(
+    name: Annotated[str, typer.Argument(help="Job name or id.")],
+    project: ProjectOpt = "default",
+    events: Annotated[bool, typer.Option("-e", "--events", help="Show the job's events.")] = True,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Show a job, its pending reason and its events."""
+    with server_errors(), Client() as client:
+        job = client.get_job(name, project)
+        job_events = client.job_events(str(job.id), project) if events else []
+    if output in (Format.JSON, Format.YAML):
+        dump(job, output)
+        return
+    status = job.status
+    lines = [
+        ("Name", job.name), ("Id", str(job.id)), ("Project", job.project), ("Queue", job.queue),
+        ("Owner", job.owner), ("State", status.state.value),
+        ("Priority", str(job.spec.priority)), ("Attempt", str(status.attempt)),
+        ("Submitted", status.submitted_at.isoformat(timespec="seconds")),
+    ]
+    if status.pending_reason:
+        lines.append(("Pending", f"{status.pending_reason.code}: {status.pending_reason.message}"))
+    if status.reason:
+        lines.append(("Reason", f"{status.reason}{': ' + status.message if status.message else ''}"))
+    for group in job.spec.groups:
+        lines.append((f"Group {group.name}",
+                      f"{group.replicas} x {' '.join(group.command)} (gang {group.gang_size}, "
+                      f"gpu {_gpu_summary(job)})"))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        out.print(f"[bold]{key.ljust(width)}[/bold]  {value}", highlight=False)
+    if output is Format.WIDE and job.tasks:
+        out.print()
+        table(["TASK", "STATE", "NODE", "EXIT"],
+              [[f"{t.group}-{t.index}", t.state.value, t.node or "-",
+                "-" if t.exit_code is None else str(t.exit_code)] for t in job.tasks])
+    if job_events:
+        out.print()
+        table(["AGE", "TYPE", "REASON", "MESSAGE"],
+              [[age(e.at), e.type.value, e.reason, e.message] for e in job_events])
+
+
+def cancel_job(
+    names: Annotated[list[str], typer.Argument(help="Job names or ids.")],
+    project: ProjectOpt = "default",
+) -> None:
+    """Cancel running or pending jobs (their records stay)."""
+    with server_errors(), Client() as client:
+        for name in names:
+            job = client.cancel_job(name, project)
+            out.print(f"job {job.name} {job.status.state}", highlight=False)
+
+
+def delete_job(
+    names: Annotated[list[str], typer.Argument(help="Job names or ids.")],
+    project: ProjectOpt = "default",
+) -> None:
+    """Delete jobs (a live job is cancelled first)."""
+    with server_errors(), Client() as client:
+        for name in names:
+            client.delete_job(name, project)
+            out.print(f"job {name} deleted", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(submit_app, name="submit")
+    app.command("list")(list_jobs)
+    app.command("get")(get_job)
+    app.command("cancel")(cancel_job)
+    app.command("delete")(delete_job)

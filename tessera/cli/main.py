@@ -1,0 +1,87 @@
+"""Entry point of the ``tessera`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tessera import __version__
+from tessera.cli import jobs
+from tessera.cli.output import fail, out
+
+app = typer.Typer(
+    name="tessera",
+    help="Tessera: GPU-sharing AI jobs. Submit, list, inspect and cancel jobs on GPU slices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+jobs.register(app)
+
+
+@app.command()
+def version(
+    server: Annotated[bool, typer.Option(help="Also ask the control plane its version.")] = False,
+) -> None:
+    """Print the client's (and optionally the server's) version."""
+    out.print(f"tessera {__version__}", highlight=False)
+    if server:
+        from tessera.cli.output import server_errors
+        from tessera.client import Client
+
+        with server_errors(), Client() as client:
+            out.print(f"server {client.version()['version']} at {client.config.url}", highlight=False)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8470,
+    simulate_gpus: Annotated[
+        str | None, typer.Option(help="Simulated GPUs for this machine's node, e.g. 2xA100-80GB.")
+    ] = None,
+    home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
+    database_url: Annotated[str | None, typer.Option(envvar="TESSERA_DATABASE_URL",
+                                                     help="SQLAlchemy URL; SQLite under home by default.")] = None,
+) -> None:
+    """Run the control plane in the foreground (API, controllers) with embedded defaults."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tessera.platform.app import create_app, public_url
+    from tessera.platform.settings import Settings
+
+    overrides: dict[str, object] = {"host": host, "port": port}
+    for key, value in (("simulate_gpus", simulate_gpus), ("home", home), ("database_url", database_url)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+                             for e in exc.errors())
+        fail(problems, code=2)
+    url = public_url(settings)
+    out.print(f"Tessera {__version__} control plane at [bold]{url}[/bold] (state in {settings.home})",
+              highlight=False)
+    if settings.simulate_gpus:
+        out.print(f"simulated GPUs for this node: {settings.simulate_gpus} (labelled simulated)",
+                  highlight=False)
+    out.print(
+        "From a second terminal:\n"
+        f"  export TESSERA_HOME={settings.home}\n"
+        "  .venv/bin/tessera submit train --name hello --gpu-memory 4Gi -- python -c 'print(1)'\n"
+        "  .venv/bin/tessera list ; .venv/bin/tessera get hello\n"
+        f"The CLI reads its token from {settings.credentials_path} (written on first start).",
+        highlight=False,
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""A small typed client for the Tessera REST API."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from tessera.api.cluster import Node
+from tessera.api.common import Page
+from tessera.api.events import Event
+from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, User
+from tessera.api.jobs import Job, JobState, SubmitJobRequest
+from tessera.api.problems import Problem
+from tessera.api.queues import CreateQueueRequest, Queue
+from tessera.client.config import ClientConfig, resolve
+
+M = TypeVar("M", bound=BaseModel)
+API = "/api/v1"
+
+
+class ApiError(Exception):
+    """The server refused a request; ``problem`` holds its explanation."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.status = problem.status
+        super().__init__(problem.detail or problem.title)
+
+    def describe(self) -> str:
+        """One message naming every offending field."""
+        if self.problem.errors:
+            return "; ".join(f"{e.field}: {e.message}" for e in self.problem.errors)
+        return self.problem.detail or self.problem.title
+
+
+class Unreachable(Exception):
+    """The control plane could not be reached."""
+
+
+class Client:
+    def __init__(self, config: ClientConfig | None = None, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config or resolve()
+        headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        self._http = httpx.Client(base_url=self.config.url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # plumbing ----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"cannot reach the control plane at {self.config.url}: {exc} "
+                "(is `tessera up` running? set TESSERA_URL to point elsewhere)"
+            ) from None
+        if response.status_code >= 400:
+            raise ApiError(_problem(response))
+        return response
+
+    def _get(self, model: type[M], path: str, **kwargs: Any) -> M:
+        return model.model_validate(self.request("GET", path, **kwargs).json())
+
+    def _list(self, model: type[M], path: str, **kwargs: Any) -> list[M]:
+        return TypeAdapter(list[model]).validate_python(  # type: ignore[valid-type]
+            self.request("GET", path, **kwargs).json()
+        )
+
+    # jobs --------------------------------------------------------------------------------
+
+    def submit_job(self, req: SubmitJobRequest | dict[str, Any],
+                   idempotency_key: str | None = None) -> Job:
+        """Submit; a dict is sent as is so the server does (and explains) all validation."""
+        body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.model_validate(self.request("POST", f"{API}/jobs", json=body, headers=headers).json())
+
+    def list_jobs(self, *, project: str | None = None, queue: str | None = None,
+                  states: list[JobState] | None = None, owner: str | None = None,
+                  search: str | None = None, limit: int = 50,
+                  continue_: str | None = None) -> Page[Job]:
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("project", project), ("queue", queue), ("owner", owner), ("q", search),
+                           ("continue", continue_)):
+            if value:
+                params[key] = value
+        if states:
+            params["state"] = [s.value for s in states]
+        return Page[Job].model_validate(self.request("GET", f"{API}/jobs", params=params).json())
+
+    def iter_jobs(self, **filters: Any) -> Iterator[Job]:
+        cursor = None
+        while True:
+            page = self.list_jobs(continue_=cursor, **filters)
+            yield from page.items
+            if not page.continue_:
+                return
+            cursor = page.continue_
+
+    def get_job(self, ref: str, project: str = "default") -> Job:
+        return self._get(Job, f"{API}/jobs/{ref}", params={"project": project})
+
+    def job_events(self, ref: str, project: str = "default") -> list[Event]:
+        return self._list(Event, f"{API}/jobs/{ref}/events", params={"project": project})
+
+    def cancel_job(self, ref: str, project: str = "default", message: str = "") -> Job:
+        return Job.model_validate(
+            self.request("POST", f"{API}/jobs/{ref}/cancel", params={"project": project},
+                         json={"message": message}).json()
+        )
+
+    def delete_job(self, ref: str, project: str = "default") -> None:
+        self.request("DELETE", f"{API}/jobs/{ref}", params={"project": project})
+
+    # cluster and tenancy -----------------------------------------------------------------
+
+    def list_queues(self) -> list[Queue]:
+        return self._list(Queue, f"{API}/queues")
+
+    def create_queue(self, req: CreateQueueRequest) -> Queue:
+        return Queue.model_validate(
+            self.request("POST", f"{API}/queues", json=req.model_dump(mode="json")).json()
+        )
+
+    def list_projects(self) -> list[Project]:
+        return self._list(Project, f"{API}/projects")
+
+    def list_nodes(self) -> list[Node]:
+        return self._list(Node, f"{API}/nodes")
+
+    def whoami(self) -> User:
+        return self._get(User, f"{API}/users/me")
+
+    def create_token(self, req: CreateTokenRequest) -> CreatedToken:
+        return CreatedToken.model_validate(
+            self.request("POST", f"{API}/tokens", json=req.model_dump(mode="json")).json()
+        )
+
+    def version(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.request("GET", "/openapi.json").json()["info"]
+        return info
+
+    # change feed ---------------------------------------------------------------------------
+
+    def watch(self, since: int = 0, kinds: list[str] | None = None,
+              timeout: float = 60) -> Iterator[dict[str, Any]]:
+        """Yield change and bookmark lines from the change feed, oldest first."""
+        params: dict[str, Any] = {"since": since, "timeout": timeout}
+        if kinds:
+            params["kind"] = kinds
+        try:
+            with self._http.stream("GET", f"{API}/watch", params=params,
+                                   timeout=httpx.Timeout(timeout + 30)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(_problem(response))
+                for line in response.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"watch stream from {self.config.url} broke: {exc}") from None
+
+
+def _problem(response: httpx.Response) -> Problem:
+    try:
+        return Problem.model_validate(response.json())
+    except (ValueError, TypeError):
+        return Problem(title=response.reason_phrase or "Error", status=response.status_code,
+                       detail=response.text[:500])
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,1 @@
+"""The control plane: FastAPI app, services, store, controllers and backends."""

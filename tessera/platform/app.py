@@ -1,0 +1,84 @@
+"""The control-plane app factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+
+from tessera import __version__
+from tessera.platform import controllers, problems
+from tessera.platform.metrics import Metrics
+from tessera.platform.routers import events, health, jobs, nodes, projects, queues, users
+from tessera.platform.services.identity import bootstrap
+from tessera.platform.settings import Settings
+from tessera.platform.store import migrate
+from tessera.platform.store.db import Database
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def write_credentials(path: Path, url: str, token: str) -> None:
+    """Write the CLI's credentials (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token}, fh)
+    os.replace(tmp, path)
+
+
+def public_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    return settings.url or f"http://{host}:{settings.port}"
+
+
+def create_app(settings: Settings | None = None, *, run_controllers: bool = True) -> FastAPI:
+    """Build the app; the database is opened, migrated and bootstrapped in the lifespan."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+        await asyncio.to_thread(migrate.upgrade, db.engine)
+        secret = await asyncio.to_thread(bootstrap, db)
+        app.state.db = db
+        app.state.metrics = metrics
+        app.state.bootstrap_secret = secret
+        if secret is not None:
+            write_credentials(settings.credentials_path, public_url(settings), secret)
+            log.info("created the admin token; CLI credentials in %s", settings.credentials_path)
+        tasks = controllers.start(db, settings) if run_controllers else []
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            db.dispose()
+
+    app = FastAPI(
+        title="Tessera",
+        version=__version__,
+        description="GPU-sharing AI job platform: jobs, queues, nodes and the change feed.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    # metrics need the db at scrape time; it is bound in the lifespan
+    metrics = Metrics(lambda: app.state.db)
+    metrics.install(app)
+    problems.install(app)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (jobs, queues, projects, users, nodes, events):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,35 @@
+"""Reconcile loops driven by DB state, run by the control plane's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from fastapi.concurrency import run_in_threadpool
+
+from tessera.platform.controllers.compaction import compact_change_log
+from tessera.platform.controllers.pending import reconcile_pending
+from tessera.platform.settings import Settings
+from tessera.platform.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
+    while True:
+        try:
+            await run_in_threadpool(step)
+        except Exception:  # a failed pass is retried next time; never kill the loop
+            log.exception("controller %s failed a pass", name)
+        await asyncio.sleep(every)
+
+
+def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
+    """Start every controller loop; the caller cancels the tasks at shutdown."""
+    return [
+        asyncio.create_task(_loop("pending", 2.0, lambda: reconcile_pending(db))),
+        asyncio.create_task(
+            _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))
+        ),
+    ]

@@ -1,0 +1,40 @@
+"""/api/v1/nodes"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from tessera.api.cluster import Node, RegisterNodeRequest
+from tessera.platform.auth import AdminPrincipal, NodePrincipal, UserPrincipal
+from tessera.platform.deps import DbDep
+from tessera.platform.services import nodes as service
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+
+@router.post("", response_model=Node)
+async def register_node(req: RegisterNodeRequest, db: DbDep, _: NodePrincipal) -> Node:
+    """Register or refresh a node (node-scope token)."""
+    return await run_in_threadpool(service.register_node, db, req)
+
+
+@router.post("/{name}/heartbeat", response_model=Node)
+async def heartbeat(name: str, db: DbDep, _: NodePrincipal) -> Node:
+    return await run_in_threadpool(service.heartbeat, db, name)
+
+
+@router.get("", response_model=list[Node])
+async def list_nodes(db: DbDep, _: UserPrincipal) -> list[Node]:
+    return await run_in_threadpool(service.list_nodes, db)
+
+
+@router.get("/{name}", response_model=Node)
+async def get_node(name: str, db: DbDep, _: UserPrincipal) -> Node:
+    return await run_in_threadpool(service.get_node, db, name)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_node(name: str, db: DbDep, _: AdminPrincipal) -> Response:
+    await run_in_threadpool(service.delete_node, db, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

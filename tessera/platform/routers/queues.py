@@ -1,0 +1,39 @@
+"""/api/v1/queues"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from tessera.api.queues import CreateQueueRequest, Queue, UpdateQueueRequest
+from tessera.platform.auth import AdminPrincipal, UserPrincipal
+from tessera.platform.deps import DbDep
+from tessera.platform.services import queues as service
+
+router = APIRouter(prefix="/queues", tags=["queues"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Queue)
+async def create_queue(req: CreateQueueRequest, db: DbDep, _: AdminPrincipal) -> Queue:
+    return await run_in_threadpool(service.create_queue, db, req)
+
+
+@router.get("", response_model=list[Queue])
+async def list_queues(db: DbDep, _: UserPrincipal) -> list[Queue]:
+    return await run_in_threadpool(service.list_queues, db)
+
+
+@router.get("/{name}", response_model=Queue)
+async def get_queue(name: str, db: DbDep, _: UserPrincipal) -> Queue:
+    return await run_in_threadpool(service.get_queue, db, name)
+
+
+@router.patch("/{name}", response_model=Queue)
+async def update_queue(name: str, req: UpdateQueueRequest, db: DbDep, _: AdminPrincipal) -> Queue:
+    return await run_in_threadpool(service.update_queue, db, name, req)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_queue(name: str, db: DbDep, _: AdminPrincipal) -> Response:
+    await run_in_threadpool(service.delete_queue, db, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Control-plane services: the logic behind the routers, one concern per module."""

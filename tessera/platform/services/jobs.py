@@ -1,0 +1,348 @@
+"""Jobs: submit (idempotent), list, get, cancel, delete, and the one transition writer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tessera.api.identity import Role
+from tessera.api.jobs import (
+    Job,
+    JobSpec,
+    JobState,
+    JobStatus,
+    PendingReason,
+    SubmitJobRequest,
+    TaskState,
+    TerminalReason,
+)
+from tessera.jobs import pending
+from tessera.jobs.states import transition
+from tessera.platform.auth import Principal
+from tessera.platform.problems import Conflict, Invalid, NotFound
+from tessera.platform.services import convert
+from tessera.platform.services.common import emit, put, remove
+from tessera.platform.services.nodes import inventories
+from tessera.platform.store.db import Database, Tx
+from tessera.platform.store.rows import (
+    AllocationRow,
+    AttemptRow,
+    IdempotencyRow,
+    JobRow,
+    ProjectRow,
+    QueueRow,
+    TaskRow,
+    UserRow,
+)
+from tessera.platform.store.types import utcnow
+from tessera.scheduler.feasibility import why_unplaceable
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    project: str | None = None
+    queue: str | None = None
+    states: tuple[JobState, ...] = ()
+    owner: str | None = None
+    search: str | None = None
+
+
+# rendering -----------------------------------------------------------------------------
+
+
+def render_job(session: Session, row: JobRow, *, detail: bool = True) -> Job:
+    project = session.get(ProjectRow, row.project_id)
+    owner = session.get(UserRow, row.owner_id)
+    tasks = attempts = allocations = None
+    if detail:
+        tasks = list(session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars())
+        attempts = list(session.execute(select(AttemptRow).where(AttemptRow.job_id == row.id)).scalars())
+        allocations = list(
+            session.execute(select(AllocationRow).where(AllocationRow.job_id == row.id)).scalars()
+        )
+    return convert.job(
+        row, project_name=project.name if project else "?", owner=owner.name if owner else "?",
+        tasks=tasks, attempts=attempts, allocations=allocations,
+    )
+
+
+# transitions ---------------------------------------------------------------------------
+
+
+def apply_transition(
+    tx: Tx,
+    row: JobRow,
+    to: JobState,
+    *,
+    reason: TerminalReason | str | None = None,
+    message: str = "",
+    exit_code: int | None = None,
+    pending_reason: PendingReason | None = None,
+) -> Job:
+    """The only writer of a job's state: computes the move, writes row, tasks and event.
+
+    The row write is conditional on the version read (the ORM's version
+    column), so a concurrent writer makes this raise instead of overwriting.
+    """
+    now = utcnow()
+    status = JobStatus.model_validate(row.status)
+    moved = transition(status, to, at=now, reason=reason, message=message, exit_code=exit_code,
+                       pending_reason=pending_reason)
+    row.state = moved.status.state.value
+    row.status = moved.status.model_dump(mode="json")
+    if to.terminal:
+        row.live_name = None
+        task_state = {JobState.SUCCEEDED: TaskState.SUCCEEDED, JobState.FAILED: TaskState.FAILED,
+                      JobState.CANCELLED: TaskState.CANCELLED}[to]
+        for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
+            if task.state not in {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}:
+                task.state = task_state.value
+                task.finished_at = now
+                tx.stamp(task)
+    job = put(tx, "job", row, lambda r: render_job(tx.session, r))
+    draft = moved.event
+    emit(tx, kind="job", object_id=row.id, object_name=row.name, project=job.project,
+         type=draft.type, reason=draft.reason, message=draft.message,
+         from_state=draft.from_state.value, to_state=draft.to_state.value)
+    return job
+
+
+# submit --------------------------------------------------------------------------------
+
+
+def _request_hash(req: SubmitJobRequest) -> str:
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _generated_name(req: SubmitJobRequest) -> str:
+    return f"{req.kind}-{secrets.token_hex(3)}"
+
+
+def submit_job(
+    db: Database, caller: Principal, req: SubmitJobRequest, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Store a new job (PENDING). Returns (job, created); a repeated idempotency
+    key returns the first job and creates nothing."""
+    caller.require(req.project, Role.MEMBER)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise Invalid("Idempotency-Key must be 1..255 characters", field="Idempotency-Key")
+    request_hash = _request_hash(req)
+    try:
+        with db.write() as tx:
+            if idempotency_key:
+                first = _replay(tx, caller, idempotency_key, request_hash)
+                if first is not None:
+                    return first, False
+            return _insert(tx, caller, req, idempotency_key, request_hash), True
+    except IntegrityError:
+        if idempotency_key:
+            with db.write() as tx:
+                first = _replay(tx, caller, idempotency_key, request_hash)
+                if first is not None:
+                    return first, False
+        raise Conflict(f"a live job named {req.name!r} already exists in project "
+                       f"{req.project!r}", field="name") from None
+
+
+def _replay(tx: Tx, caller: Principal, key: str, request_hash: str) -> Job | None:
+    seen = tx.session.execute(
+        select(IdempotencyRow).where(IdempotencyRow.user_id == caller.user_id, IdempotencyRow.key == key)
+    ).scalar_one_or_none()
+    if seen is None:
+        return None
+    if seen.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was already used for a different request; "
+                       "use a new key for a new job", field="Idempotency-Key")
+    row = tx.session.get(JobRow, seen.job_id)
+    if row is None:
+        raise Conflict("this Idempotency-Key belongs to a job that has since been deleted; "
+                       "use a new key", field="Idempotency-Key")
+    return render_job(tx.session, row)
+
+
+def _insert(
+    tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, request_hash: str
+) -> Job:
+    session = tx.session
+    project = session.execute(select(ProjectRow).where(ProjectRow.name == req.project)).scalar_one_or_none()
+    if project is None:
+        raise Invalid(f"no project named {req.project!r}", field="project")
+    queue = req.queue or project.default_queue
+    if session.execute(select(QueueRow.id).where(QueueRow.name == queue)).first() is None:
+        known = sorted(session.execute(select(QueueRow.name)).scalars())
+        raise Invalid(f"no queue named {queue!r}; existing queues: {known}", field="queue")
+    if queue not in project.queues:
+        raise Invalid(f"project {project.name!r} may not use queue {queue!r}; "
+                      f"its queues are {project.queues}", field="queue")
+    name = req.name or _generated_name(req)
+    clash = session.execute(
+        select(JobRow.state).where(JobRow.project_id == project.id, JobRow.live_name == name)
+    ).scalar_one_or_none()
+    if clash is not None:
+        raise Conflict(f"a live job named {name!r} already exists in project {project.name!r} "
+                       f"(state {clash}); pick another name or delete that job", field="name")
+    spec = JobSpec.model_validate({**req.model_dump(mode="json"), "name": name, "queue": queue})
+    nodes = inventories(tx)
+    for i, group in enumerate(spec.groups):
+        reason = why_unplaceable(group.resources, nodes) if nodes else None
+        if reason is not None:
+            raise Invalid(f"no registered node could ever hold a task of group {group.name!r}: "
+                          f"{reason}", field=f"groups.{i}.resources")
+    now = utcnow()
+    status = JobStatus(
+        state=JobState.PENDING,
+        pending_reason=pending.WAITING_FOR_SCHEDULER if nodes else pending.NO_NODES,
+        submitted_at=now,
+    )
+    row = JobRow(
+        name=name, live_name=name, project_id=project.id, queue=queue, owner_id=caller.user_id,
+        state=JobState.PENDING.value, priority=spec.priority, spec=spec.model_dump(mode="json"),
+        status=status.model_dump(mode="json"), revision=tx.revision,
+    )
+    session.add(row)
+    session.flush()
+    for group in spec.groups:
+        for index in range(group.replicas):
+            session.add(TaskRow(job_id=row.id, group_name=group.name, index=index,
+                                state=TaskState.PENDING.value, revision=tx.revision))
+    if key:
+        session.add(IdempotencyRow(user_id=caller.user_id, key=key, request_hash=request_hash,
+                                   job_id=row.id, revision=tx.revision))
+    job = put(tx, "job", row, lambda r: render_job(tx.session, r))
+    emit(tx, kind="job", object_id=row.id, object_name=name, project=project.name,
+         reason="Submitted", message=f"{spec.task_count} task(s) in queue {queue!r} by {caller.user_name}",
+         to_state=JobState.PENDING.value)
+    return job
+
+
+# read ----------------------------------------------------------------------------------
+
+
+def _encode_cursor(row: JobRow) -> str:
+    raw = json.dumps([row.created_at.isoformat(), str(row.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, ident = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (ValueError, TypeError):
+        raise Invalid("continue is not a token returned by a previous page", field="continue") from None
+
+
+def _visible(query: Select[tuple[JobRow]], caller: Principal) -> Select[tuple[JobRow]]:
+    projects = caller.visible_projects()
+    if projects is None:
+        return query
+    return query.join(ProjectRow, ProjectRow.id == JobRow.project_id).where(
+        ProjectRow.name.in_(sorted(projects))
+    )
+
+
+def list_jobs(
+    db: Database, caller: Principal, flt: JobFilter, limit: int = 50, cursor: str | None = None
+) -> tuple[list[Job], str | None, int]:
+    """A page of jobs, newest first: (jobs, next cursor, revision read at)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid(f"limit must be 1..{MAX_PAGE}", field="limit")
+    revision = db.current_revision()
+    with db.read() as session:
+        query = _visible(select(JobRow), caller)
+        if flt.project:
+            pid = session.execute(select(ProjectRow.id).where(ProjectRow.name == flt.project)).scalar()
+            if pid is None:
+                raise Invalid(f"no project named {flt.project!r}", field="project")
+            query = query.where(JobRow.project_id == pid)
+        if flt.queue:
+            query = query.where(JobRow.queue == flt.queue)
+        if flt.states:
+            query = query.where(JobRow.state.in_([s.value for s in flt.states]))
+        if flt.owner:
+            query = query.join(UserRow, UserRow.id == JobRow.owner_id).where(UserRow.name == flt.owner)
+        if flt.search:
+            query = query.where(JobRow.name.contains(flt.search, autoescape=True))
+        if cursor:
+            created, ident = _decode_cursor(cursor)
+            query = query.where(
+                or_(JobRow.created_at < created, (JobRow.created_at == created) & (JobRow.id < ident))
+            )
+        rows = session.execute(
+            query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        ).scalars().all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        jobs = [render_job(session, r, detail=False) for r in rows]
+    return jobs, (_encode_cursor(rows[-1]) if more and rows else None), revision
+
+
+def find_job(session: Session, caller: Principal, ref: str, project: str) -> JobRow:
+    """A job by UUID, or by name in a project (the live one, else the newest)."""
+    row: JobRow | None = None
+    try:
+        row = session.get(JobRow, uuid.UUID(ref))
+    except ValueError:
+        pid = session.execute(select(ProjectRow.id).where(ProjectRow.name == project)).scalar()
+        if pid is not None:
+            row = session.execute(
+                select(JobRow).where(JobRow.project_id == pid, JobRow.name == ref)
+                .order_by(JobRow.live_name.is_(None), JobRow.created_at.desc()).limit(1)
+            ).scalar_one_or_none()
+    if row is not None:
+        owner_project = session.get(ProjectRow, row.project_id)
+        if owner_project is not None and caller.role_in(owner_project.name) is not None:
+            return row
+    raise NotFound(f"no job {ref!r} in project {project!r}", field="name")
+
+
+def get_job(db: Database, caller: Principal, ref: str, project: str) -> Job:
+    with db.read() as session:
+        return render_job(session, find_job(session, caller, ref, project))
+
+
+# cancel / delete ---------------------------------------------------------------------------
+
+
+def cancel_job(
+    db: Database, caller: Principal, ref: str, project: str, *, message: str = "",
+    if_version: int | None = None,
+) -> Job:
+    """Cancel a live job (member role); cancelling a finished job is a 409."""
+    with db.write() as tx:
+        row = find_job(tx.session, caller, ref, project)
+        job_project = tx.session.get(ProjectRow, row.project_id)
+        caller.require(job_project.name if job_project else project, Role.MEMBER)
+        if if_version is not None and row.version != if_version:
+            raise Conflict(f"job {row.name!r} is at version {row.version}, not {if_version}; "
+                           "read it again", field="If-Match")
+        if JobState(row.state).terminal:
+            raise Conflict(f"job {row.name!r} already finished ({row.state}); nothing to cancel")
+        return apply_transition(tx, row, JobState.CANCELLED, message=message or
+                                f"cancelled by {caller.user_name}")
+
+
+def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:
+    """Delete a job record; a live job is cancelled first (in the same transaction)."""
+    with db.write() as tx:
+        row = find_job(tx.session, caller, ref, project)
+        job_project = tx.session.get(ProjectRow, row.project_id)
+        caller.require(job_project.name if job_project else project, Role.MEMBER)
+        if not JobState(row.state).terminal:
+            apply_transition(tx, row, JobState.CANCELLED, message=f"deleted by {caller.user_name}")
+        emit(tx, kind="job", object_id=row.id, object_name=row.name,
+             project=job_project.name if job_project else None, reason="Deleted",
+             message=f"deleted by {caller.user_name}")
+        remove(tx, "job", row)

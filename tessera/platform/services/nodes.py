@@ -1,0 +1,76 @@
+"""Nodes: registration and heartbeats from node agents."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
+from tessera.platform.problems import NotFound
+from tessera.platform.services import convert
+from tessera.platform.services.common import emit, put, remove
+from tessera.platform.store.db import Database, Tx
+from tessera.platform.store.rows import NodeRow
+from tessera.platform.store.types import utcnow
+
+
+def register_node(db: Database, req: RegisterNodeRequest) -> Node:
+    """Create or refresh a node (agents call this at every start)."""
+    with db.write() as tx:
+        row = tx.session.execute(select(NodeRow).where(NodeRow.name == req.name)).scalar_one_or_none()
+        joined = row is None
+        if row is None:
+            row = NodeRow(name=req.name)
+        row.labels = dict(req.labels)
+        row.inventory = req.inventory.model_dump(mode="json")
+        row.state = NodeState.READY.value
+        row.last_heartbeat_at = utcnow()
+        node = put(tx, "node", row, convert.node)
+        gpus = len(req.inventory.gpus)
+        emit(tx, kind="node", object_id=row.id, object_name=row.name,
+             reason="Joined" if joined else "Registered",
+             message=f"{gpus} GPU(s){' (simulated)' if req.inventory.simulated else ''}")
+        return node
+
+
+def heartbeat(db: Database, name: str) -> Node:
+    with db.write() as tx:
+        row = _row(tx, name)
+        row.last_heartbeat_at = utcnow()
+        if row.state == NodeState.NOT_READY.value:
+            row.state = NodeState.READY.value
+        return put(tx, "node", row, convert.node)
+
+
+def _row(tx: Tx, name: str) -> NodeRow:
+    row = tx.session.execute(select(NodeRow).where(NodeRow.name == name)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no node named {name!r}; register it first", field="name")
+    return row
+
+
+def list_nodes(db: Database) -> list[Node]:
+    with db.read() as session:
+        return [convert.node(r) for r in session.execute(select(NodeRow).order_by(NodeRow.name)).scalars()]
+
+
+def get_node(db: Database, name: str) -> Node:
+    with db.read() as session:
+        row = session.execute(select(NodeRow).where(NodeRow.name == name)).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"no node named {name!r}", field="name")
+        return convert.node(row)
+
+
+def delete_node(db: Database, name: str) -> None:
+    with db.write() as tx:
+        remove(tx, "node", _row(tx, name))
+
+
+def inventories(tx: Tx) -> list[NodeInventory]:
+    """Inventories of every registered node (for submit-time feasibility)."""
+    return [NodeInventory.model_validate(i) for i in tx.session.execute(select(NodeRow.inventory)).scalars()]
+
+
+def node_count(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(NodeRow)).scalar_one())

@@ -1,0 +1,70 @@
+"""One Settings object for the control plane and CLI (``TESSERA_`` environment prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8470
+SIMULATE_FORM = "COUNTxMODEL-MEMORY, e.g. 2xA100-80GB or 1xH200-141GB,4xT4-16GB"
+
+
+def default_home() -> Path:
+    return Path.home() / ".tessera"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; build it in the app factory, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="DB, logs, state, credentials.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is SQLite (WAL) under home."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    url: str | None = Field(default=None, description="Control-plane URL the CLI talks to.")
+    token: str | None = Field(default=None, description="Token the CLI uses.")
+    simulate_gpus: str | None = Field(default=None, description=f"Simulated GPUs: {SIMULATE_FORM}.")
+    dev_mode: bool = Field(default=True, description="Allows the embedded defaults.")
+    change_log_retention: int = Field(
+        default=100_000, ge=100, description="Change-log revisions kept before compaction."
+    )
+    watch_poll_seconds: float = Field(default=0.2, gt=0, le=10)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("simulate_gpus")
+    @classmethod
+    def _simulate(cls, value: str | None) -> str | None:
+        if value:
+            parse_simulated_gpus(value)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'tessera.db'}"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.home / "credentials.json"
+
+
+def parse_simulated_gpus(spec: str) -> list[tuple[int, str, int]]:
+    """Parse ``2xA100-80GB,1xT4-16GB`` into (count, model, memory MiB) triples."""
+    out: list[tuple[int, str, int]] = []
+    for part in spec.split(","):
+        text = part.strip()
+        count_text, sep, model = text.partition("x")
+        memory_text = model.rsplit("-", 1)[-1].upper() if "-" in model else ""
+        if not sep or not count_text.isdigit() or not memory_text.endswith("GB") or not memory_text[
+            :-2
+        ].isdigit():
+            raise ValueError(f"simulate_gpus {text!r} is not {SIMULATE_FORM}")
+        count = int(count_text)
+        if not 1 <= count <= 64:
+            raise ValueError(f"simulate_gpus count must be 1..64 in {text!r}")
+        out.append((count, model, int(memory_text[:-2]) * 1024))
+    return out

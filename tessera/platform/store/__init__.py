@@ -1,0 +1,1 @@
+"""The store: SQLAlchemy rows, transactions with the change feed, migrations."""

@@ -1,0 +1,122 @@
+"""Engine, sessions and write transactions that feed the change log.
+
+Every write transaction starts by bumping the single revision counter row.
+On PostgreSQL that ``UPDATE`` takes the row's lock until commit, so write
+transactions commit in revision order and a watcher reading the change log
+``WHERE revision > last`` can never see revision N+1 before N is visible.
+On SQLite the transaction is ``BEGIN IMMEDIATE``, which serialises writers
+the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from tessera.platform.store.rows import ChangeRow, RevisionRow, Stored
+from tessera.platform.store.types import utcnow
+
+_WRITE = "tessera_write"
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """Create an engine with the settings Tessera relies on for each database."""
+    if _is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # pysqlite's own BEGIN handling is off (isolation_level=None); writers
+            # take the write lock up front so they never deadlock upgrading it
+            immediate = conn.get_execution_options().get(_WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+@dataclass
+class Tx:
+    """A write transaction: its session, its revision, and the changes it logged."""
+
+    session: Session
+    revision: int
+    _seq: int = field(default=0)
+
+    def stamp(self, row: Stored) -> None:
+        """Mark a row as written by this transaction."""
+        row.revision = self.revision
+        row.updated_at = utcnow()
+
+    def record(
+        self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None
+    ) -> None:
+        """Append a change to the log at this transaction's revision."""
+        self._seq += 1
+        self.session.add(
+            ChangeRow(
+                revision=self.revision, seq=self._seq, kind=kind, entity_id=entity_id, op=op,
+                object=obj,
+            )
+        )
+
+
+class Database:
+    """Owns the engine; hands out read sessions and write transactions."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.is_sqlite = _is_sqlite(url)
+        write_engine = self.engine.execution_options(**{_WRITE: True})
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(write_engine, expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; closing it ends its transaction (objects stay loaded)."""
+        with self._read() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        """A write transaction holding the next revision; commits on success."""
+        with self._write() as session, session.begin():
+            revision = session.execute(
+                update(RevisionRow)
+                .where(RevisionRow.id == 1)
+                .values(revision=RevisionRow.revision + 1)
+                .returning(RevisionRow.revision)
+            ).scalar_one()
+            yield Tx(session=session, revision=revision)
+
+    def current_revision(self) -> int:
+        with self.read() as session:
+            return session.execute(select(RevisionRow.revision).where(RevisionRow.id == 1)).scalar_one()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

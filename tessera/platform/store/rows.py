@@ -1,0 +1,242 @@
+"""SQLAlchemy rows. Every row has a UUID, a ``version`` and the ``revision`` of its last write."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+from tessera.platform.store.types import JSONDoc, UTCDateTime, utcnow
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Stored(Base):
+    """Identity columns of every entity row."""
+
+    __abstract__ = True
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        # the ORM adds "AND version = :old" to every UPDATE/DELETE and bumps it,
+        # so a stale read can never overwrite a newer write
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+
+
+class RevisionRow(Base):
+    """The single global revision counter; its row lock orders write transactions."""
+
+    __tablename__ = "revision_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    compacted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class ChangeRow(Base):
+    """The change log: every entity written, at the revision of its transaction."""
+
+    __tablename__ = "changes"
+
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    entity_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    op: Mapped[str] = mapped_column(String(8), nullable=False)
+    object: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class UserRow(Stored):
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    email: Mapped[str | None] = mapped_column(String(254))
+    is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class TokenRow(Stored):
+    __tablename__ = "tokens"
+
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ProjectRow(Stored):
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    queues: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False)
+    default_queue: Mapped[str] = mapped_column(String(63), nullable=False)
+
+
+class MembershipRow(Stored):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+
+
+class QueueRow(Stored):
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    parent: Mapped[str | None] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+
+
+class NodeRow(Stored):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONDoc, nullable=False, default=dict)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    inventory: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobRow(Stored):
+    __tablename__ = "jobs"
+    # (project, live_name) is unique; live_name is NULL once the job is terminal,
+    # and NULLs never collide, so only live jobs reserve their name.
+    __table_args__ = (
+        UniqueConstraint("project_id", "live_name"),
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_state", "state"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
+    live_name: Mapped[str | None] = mapped_column(String(63))
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    queue: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+
+
+class TaskRow(Stored):
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("job_id", "group_name", "index"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    group_name: Mapped[str] = mapped_column(String(63), nullable=False)
+    index: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    node: Mapped[str | None] = mapped_column(String(63))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AttemptRow(Stored):
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    nodes: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False, default=list)
+
+
+class AllocationRow(Stored):
+    __tablename__ = "allocations"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False
+    )
+    node: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
+    gpu_uuid: Mapped[str | None] = mapped_column(String(96))
+    mig_instance: Mapped[str | None] = mapped_column(String(96))
+    memory_mib: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    compute_pct: Mapped[float] = mapped_column(Float, nullable=False, default=0)
+    tier: Mapped[str | None] = mapped_column(String(32))
+
+
+class EventRow(Stored):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_object", "object_id", "revision"),)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    object_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    object_name: Mapped[str] = mapped_column(String(63), nullable=False)
+    project: Mapped[str | None] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str] = mapped_column(String(64), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+
+
+class IdempotencyRow(Stored):
+    """A submission's idempotency key: retries with the same key return the first job."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)

@@ -1,0 +1,1 @@
+"""The pure scheduling core: snapshot -> decisions (+ reasons). Imports only tessera.api."""
