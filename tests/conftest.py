@@ -72,8 +72,14 @@ class Api:
         headers = {**self.headers(token), **kwargs.pop("headers", {})}
         return self.client.request(method, path, headers=headers, **kwargs)
 
-    def user(self, name: str, role: str | None = "member", project: str = "default",
-             scopes: list[str] | None = None, expires_in: str | None = None) -> str:
+    def user(
+        self,
+        name: str,
+        role: str | None = "member",
+        project: str = "default",
+        scopes: list[str] | None = None,
+        expires_in: str | None = None,
+    ) -> str:
         """Create a user (with a role in ``project``) and return a token for them."""
         r = self.call("POST", "/api/v1/users", json={"name": name})
         assert r.status_code in (201, 409), r.text
@@ -89,8 +95,9 @@ class Api:
 
 
 def job_body(name: str | None = "hello", **resources: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"groups": [{"command": ["python", "-c", "print(1)"],
-                                        "resources": resources or {"gpu_memory": "4Gi"}}]}
+    body: dict[str, Any] = {
+        "groups": [{"command": ["python", "-c", "print(1)"], "resources": resources or {"gpu_memory": "4Gi"}}]
+    }
     if name:
         body["name"] = name
     return body

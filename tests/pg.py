@@ -50,7 +50,7 @@ class PostgresServer:
 
     def execute(self, sql: str) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -68,23 +68,42 @@ def start_postgres() -> PostgresServer:
     root = Path(tempfile.mkdtemp(prefix="tessera-pg-"))
     data, sockets = root / "data", root / "sock"
     sockets.mkdir()
-    as_postgres: list[str] = []
+    # as root, run initdb and the server as ``postgres`` directly (no runuser wrapper), so
+    # the Popen's pid is the postmaster's and stopping it cannot orphan the server
+    user: str | None = None
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+        user = "postgres"
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"]
     subprocess.run(
-        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "--no-sync", "-E", "UTF8"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [*initdb, "-E", "UTF8"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=root,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
     )
     port = free_port()
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "200",
+    }
+    options = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
     log = open(root / "postgres.log", "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
-        [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-         "-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-         "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets), *options],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
     )
     server = PostgresServer(port=port, root=root, process=process)
     deadline = time.monotonic() + 30

@@ -90,12 +90,12 @@ class TaskGroupSpec(Model):
     @model_validator(mode="after")
     def _check(self) -> TaskGroupSpec:
         if self.min_available is not None and self.min_available > self.replicas:
-            raise ValueError(
-                f"min_available ({self.min_available}) cannot exceed replicas ({self.replicas})"
-            )
+            raise ValueError(f"min_available ({self.min_available}) cannot exceed replicas ({self.replicas})")
         for key in self.env:
-            if not key or not (key[0].isalpha() or key[0] == "_") or not all(
-                c.isalnum() or c == "_" for c in key
+            if (
+                not key
+                or not (key[0].isalpha() or key[0] == "_")
+                or not all(c.isalnum() or c == "_" for c in key)
             ):
                 raise ValueError(f"env key {key!r} is not {ENV_NAME_FORM}")
         if not self.command[0]:

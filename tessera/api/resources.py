@@ -51,12 +51,9 @@ class GpuRequest(Model):
         default=None,
         ge=0,
         le=64,
-        description="Whole GPUs (an integer >= 1) or a fraction in (0, 1) of one GPU's "
-        "memory and compute.",
+        description="Whole GPUs (an integer >= 1) or a fraction in (0, 1) of one GPU's memory and compute.",
     )
-    gpu_memory: MemoryMiB | None = Field(
-        default=None, description="Slice memory, e.g. 4Gi. Stored in MiB."
-    )
+    gpu_memory: MemoryMiB | None = Field(default=None, description="Slice memory, e.g. 4Gi. Stored in MiB.")
     gpu_compute: int | None = Field(
         default=None, description="Slice compute share in percent of one GPU, 1..100."
     )
@@ -79,11 +76,14 @@ class GpuRequest(Model):
             if self.gpus == 0:
                 raise ValueError("gpus must be > 0: whole GPUs (1, 2, ...) or a fraction like 0.5")
             if self.gpus > 1 and not float(self.gpus).is_integer():
-                raise ValueError("gpus above 1 must be whole GPUs (1, 2, ...); use 0 < gpus < 1 "
-                                 "for a fraction of one GPU")
+                raise ValueError(
+                    "gpus above 1 must be whole GPUs (1, 2, ...); use 0 < gpus < 1 for a fraction of one GPU"
+                )
             if is_slice:
-                raise ValueError("gpus cannot be combined with gpu_memory/gpu_compute: use "
-                                 "gpus for whole GPUs or a fraction, or a slice by memory/compute")
+                raise ValueError(
+                    "gpus cannot be combined with gpu_memory/gpu_compute: use "
+                    "gpus for whole GPUs or a fraction, or a slice by memory/compute"
+                )
         if self.mig_profile is not None and (is_slice or self.gpus is not None):
             raise ValueError("mig_profile cannot be combined with gpus, gpu_memory or gpu_compute")
         return self

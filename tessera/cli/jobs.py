@@ -8,14 +8,15 @@ import typer
 
 from tessera.api.jobs import Job, JobState
 from tessera.api.quantities import QuantityError, format_mib, parse_duration
-from tessera.cli.output import Format, age, dump, fail, out, server_errors, table
+from tessera.cli.output import Format, age, dump, out, server_errors, table
 from tessera.client import Client
 
 submit_app = typer.Typer(help="Submit a job (Arena's verbs: train, ...).", no_args_is_help=True)
 
 OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, wide, json or yaml.")]
-ProjectOpt = Annotated[str, typer.Option("-p", "--project", envvar="TESSERA_PROJECT",
-                                         help="Project of jobs addressed by name.")]
+ProjectOpt = Annotated[
+    str, typer.Option("-p", "--project", envvar="TESSERA_PROJECT", help="Project of jobs addressed by name.")
+]
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -41,9 +42,13 @@ def _duration(value: str | None) -> str | None:
 @submit_app.command("train", context_settings={"allow_interspersed_args": False})
 def submit_train(
     command: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
-    name: Annotated[str | None, typer.Option("--name", help="Job name (DNS label); generated if unset.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Job name (DNS label); generated if unset.")
+    ] = None,
     project: ProjectOpt = "default",
-    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Defaults to the project's queue.")] = None,
+    queue: Annotated[
+        str | None, typer.Option("-q", "--queue", help="Defaults to the project's queue.")
+    ] = None,
     gpus: Annotated[float | None, typer.Option(help="Whole GPUs (1, 2, ...) or a fraction like 0.5.")] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Slice memory, e.g. 4Gi.")] = None,
     gpu_compute: Annotated[int | None, typer.Option(help="Slice compute percent, 1..100.")] = None,
@@ -57,7 +62,9 @@ def submit_train(
     preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
-    deadline: Annotated[str | None, typer.Option(help="Fail if not done within, e.g. 90s, 30m, 2h, 1d.")] = None,
+    deadline: Annotated[
+        str | None, typer.Option(help="Fail if not done within, e.g. 90s, 30m, 2h, 1d.")
+    ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Times to retry after a failure.")] = 0,
     workdir: Annotated[str | None, typer.Option(help="Working directory of each task.")] = None,
     image: Annotated[str | None, typer.Option(help="Container image (container backends only).")] = None,
@@ -66,25 +73,45 @@ def submit_train(
 ) -> None:
     """Submit a training job: tessera submit train --name N --gpu-memory 4Gi -- python train.py"""
     resources: dict[str, Any] = {}
-    for key, value in (("gpus", gpus), ("gpu_memory", gpu_memory), ("gpu_compute", gpu_compute),
-                       ("mig_profile", mig), ("cpu", cpu), ("memory", memory)):
+    for key, value in (
+        ("gpus", gpus),
+        ("gpu_memory", gpu_memory),
+        ("gpu_compute", gpu_compute),
+        ("mig_profile", mig),
+        ("cpu", cpu),
+        ("memory", memory),
+    ):
         if value is not None:
             resources[key] = value
     if gpu_model:
         resources["gpu_models"] = gpu_model
-    group: dict[str, Any] = {"name": "worker", "replicas": workers, "command": command,
-                             "resources": resources, "env": _pairs(env or [], "--env")}
+    group: dict[str, Any] = {
+        "name": "worker",
+        "replicas": workers,
+        "command": command,
+        "resources": resources,
+        "env": _pairs(env or [], "--env"),
+    }
     if min_available is not None:
         group["min_available"] = min_available
     if workdir:
         group["working_dir"] = workdir
     if image:
         group["image"] = image
-    body: dict[str, Any] = {"project": project, "kind": "train", "groups": [group],
-                            "preemptible": preemptible, "retry": {"max_retries": retries},
-                            "labels": _pairs(label or [], "--label")}
-    for key, value in (("name", name), ("queue", queue), ("priority", priority),
-                       ("deadline", _duration(deadline))):
+    body: dict[str, Any] = {
+        "project": project,
+        "kind": "train",
+        "groups": [group],
+        "preemptible": preemptible,
+        "retry": {"max_retries": retries},
+        "labels": _pairs(label or [], "--label"),
+    }
+    for key, value in (
+        ("name", name),
+        ("queue", queue),
+        ("priority", priority),
+        ("deadline", _duration(deadline)),
+    ):
         if value is not None:
             body[key] = value
     with server_errors(), Client() as client:
@@ -92,8 +119,11 @@ def submit_train(
     if output in (Format.JSON, Format.YAML):
         dump(job, output)
     else:
-        out.print(f"job [bold]{job.name}[/bold] submitted to queue {job.queue} "
-                  f"({job.status.state}): tessera get {job.name}", highlight=False)
+        out.print(
+            f"job [bold]{job.name}[/bold] submitted to queue {job.queue} "
+            f"({job.status.state}): tessera get {job.name}",
+            highlight=False,
+        )
 
 
 def _gpu_summary(job: Job) -> str:
@@ -101,8 +131,10 @@ def _gpu_summary(job: Job) -> str:
     if r.mig_profile:
         return r.mig_profile
     if r.gpu_memory is not None or r.gpu_compute is not None:
-        parts = [format_mib(r.gpu_memory) if r.gpu_memory is not None else "",
-                 f"{r.gpu_compute}%" if r.gpu_compute is not None else ""]
+        parts = [
+            format_mib(r.gpu_memory) if r.gpu_memory is not None else "",
+            f"{r.gpu_compute}%" if r.gpu_compute is not None else "",
+        ]
         return "/".join(p for p in parts if p)
     return f"{r.gpus:g}" if r.gpus else "-"
 
@@ -142,8 +174,14 @@ def list_jobs(
         columns += ["PROJECT", "OWNER", "PRIORITY", "ATTEMPT", "ID"]
     rows = []
     for job in jobs:
-        row = [job.name, _status(job), job.queue, str(job.spec.task_count), _gpu_summary(job),
-               age(job.created_at)]
+        row = [
+            job.name,
+            _status(job),
+            job.queue,
+            str(job.spec.task_count),
+            _gpu_summary(job),
+            age(job.created_at),
+        ]
         if wide:
             row += [job.project, job.owner, str(job.spec.priority), str(job.status.attempt), str(job.id)]
         rows.append(row)
@@ -167,9 +205,14 @@ def get_job(
         return
     status = job.status
     lines = [
-        ("Name", job.name), ("Id", str(job.id)), ("Project", job.project), ("Queue", job.queue),
-        ("Owner", job.owner), ("State", status.state.value),
-        ("Priority", str(job.spec.priority)), ("Attempt", str(status.attempt)),
+        ("Name", job.name),
+        ("Id", str(job.id)),
+        ("Project", job.project),
+        ("Queue", job.queue),
+        ("Owner", job.owner),
+        ("State", status.state.value),
+        ("Priority", str(job.spec.priority)),
+        ("Attempt", str(status.attempt)),
         ("Submitted", status.submitted_at.isoformat(timespec="seconds")),
     ]
     if status.pending_reason:
@@ -177,21 +220,36 @@ def get_job(
     if status.reason:
         lines.append(("Reason", f"{status.reason}{': ' + status.message if status.message else ''}"))
     for group in job.spec.groups:
-        lines.append((f"Group {group.name}",
-                      f"{group.replicas} x {' '.join(group.command)} (gang {group.gang_size}, "
-                      f"gpu {_gpu_summary(job)})"))
+        lines.append(
+            (
+                f"Group {group.name}",
+                f"{group.replicas} x {' '.join(group.command)} (gang {group.gang_size}, "
+                f"gpu {_gpu_summary(job)})",
+            )
+        )
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.print(f"[bold]{key.ljust(width)}[/bold]  {value}", highlight=False)
     if output is Format.WIDE and job.tasks:
         out.print()
-        table(["TASK", "STATE", "NODE", "EXIT"],
-              [[f"{t.group}-{t.index}", t.state.value, t.node or "-",
-                "-" if t.exit_code is None else str(t.exit_code)] for t in job.tasks])
+        table(
+            ["TASK", "STATE", "NODE", "EXIT"],
+            [
+                [
+                    f"{t.group}-{t.index}",
+                    t.state.value,
+                    t.node or "-",
+                    "-" if t.exit_code is None else str(t.exit_code),
+                ]
+                for t in job.tasks
+            ],
+        )
     if job_events:
         out.print()
-        table(["AGE", "TYPE", "REASON", "MESSAGE"],
-              [[age(e.at), e.type.value, e.reason, e.message] for e in job_events])
+        table(
+            ["AGE", "TYPE", "REASON", "MESSAGE"],
+            [[age(e.at), e.type.value, e.reason, e.message] for e in job_events],
+        )
 
 
 def cancel_job(

@@ -42,8 +42,10 @@ def up(
         str | None, typer.Option(help="Simulated GPUs for this machine's node, e.g. 2xA100-80GB.")
     ] = None,
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
-    database_url: Annotated[str | None, typer.Option(envvar="TESSERA_DATABASE_URL",
-                                                     help="SQLAlchemy URL; SQLite under home by default.")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="TESSERA_DATABASE_URL", help="SQLAlchemy URL; SQLite under home by default."),
+    ] = None,
 ) -> None:
     """Run the control plane in the foreground (API, controllers) with embedded defaults."""
     import uvicorn
@@ -59,15 +61,19 @@ def up(
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
         fail(problems, code=2)
     url = public_url(settings)
-    out.print(f"Tessera {__version__} control plane at [bold]{url}[/bold] (state in {settings.home})",
-              highlight=False)
+    out.print(
+        f"Tessera {__version__} control plane at [bold]{url}[/bold] (state in {settings.home})",
+        highlight=False,
+    )
     if settings.simulate_gpus:
-        out.print(f"simulated GPUs for this node: {settings.simulate_gpus} (labelled simulated)",
-                  highlight=False)
+        out.print(
+            f"simulated GPUs for this node: {settings.simulate_gpus} (labelled simulated)", highlight=False
+        )
     out.print(
         "From a second terminal:\n"
         f"  export TESSERA_HOME={settings.home}\n"

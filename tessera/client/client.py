@@ -43,12 +43,18 @@ class Unreachable(Exception):
 
 
 class Client:
-    def __init__(self, config: ClientConfig | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.config = config or resolve()
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
-        self._http = httpx.Client(base_url=self.config.url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.config.url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -83,20 +89,31 @@ class Client:
 
     # jobs --------------------------------------------------------------------------------
 
-    def submit_job(self, req: SubmitJobRequest | dict[str, Any],
-                   idempotency_key: str | None = None) -> Job:
+    def submit_job(self, req: SubmitJobRequest | dict[str, Any], idempotency_key: str | None = None) -> Job:
         """Submit; a dict is sent as is so the server does (and explains) all validation."""
         body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return Job.model_validate(self.request("POST", f"{API}/jobs", json=body, headers=headers).json())
 
-    def list_jobs(self, *, project: str | None = None, queue: str | None = None,
-                  states: list[JobState] | None = None, owner: str | None = None,
-                  search: str | None = None, limit: int = 50,
-                  continue_: str | None = None) -> Page[Job]:
+    def list_jobs(
+        self,
+        *,
+        project: str | None = None,
+        queue: str | None = None,
+        states: list[JobState] | None = None,
+        owner: str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        continue_: str | None = None,
+    ) -> Page[Job]:
         params: dict[str, Any] = {"limit": limit}
-        for key, value in (("project", project), ("queue", queue), ("owner", owner), ("q", search),
-                           ("continue", continue_)):
+        for key, value in (
+            ("project", project),
+            ("queue", queue),
+            ("owner", owner),
+            ("q", search),
+            ("continue", continue_),
+        ):
             if value:
                 params[key] = value
         if states:
@@ -120,8 +137,9 @@ class Client:
 
     def cancel_job(self, ref: str, project: str = "default", message: str = "") -> Job:
         return Job.model_validate(
-            self.request("POST", f"{API}/jobs/{ref}/cancel", params={"project": project},
-                         json={"message": message}).json()
+            self.request(
+                "POST", f"{API}/jobs/{ref}/cancel", params={"project": project}, json={"message": message}
+            ).json()
         )
 
     def delete_job(self, ref: str, project: str = "default") -> None:
@@ -157,15 +175,17 @@ class Client:
 
     # change feed ---------------------------------------------------------------------------
 
-    def watch(self, since: int = 0, kinds: list[str] | None = None,
-              timeout: float = 60) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, since: int = 0, kinds: list[str] | None = None, timeout: float = 60
+    ) -> Iterator[dict[str, Any]]:
         """Yield change and bookmark lines from the change feed, oldest first."""
         params: dict[str, Any] = {"since": since, "timeout": timeout}
         if kinds:
             params["kind"] = kinds
         try:
-            with self._http.stream("GET", f"{API}/watch", params=params,
-                                   timeout=httpx.Timeout(timeout + 30)) as response:
+            with self._http.stream(
+                "GET", f"{API}/watch", params=params, timeout=httpx.Timeout(timeout + 30)
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ApiError(_problem(response))
@@ -180,8 +200,9 @@ def _problem(response: httpx.Response) -> Problem:
     try:
         return Problem.model_validate(response.json())
     except (ValueError, TypeError):
-        return Problem(title=response.reason_phrase or "Error", status=response.status_code,
-                       detail=response.text[:500])
+        return Problem(
+            title=response.reason_phrase or "Error", status=response.status_code, detail=response.text[:500]
+        )
 
 
 def new_idempotency_key() -> str:

@@ -44,8 +44,7 @@ _FAIL_REASONS: dict[JobState, frozenset[TerminalReason]] = {
     S.SCHEDULED: frozenset({R.DEADLINE_EXCEEDED, R.START_ERROR}),
     S.STARTING: frozenset({R.DEADLINE_EXCEEDED, R.START_ERROR}),
     S.RUNNING: frozenset(
-        {R.ERROR, R.SLICE_OOM, R.HOST_OOM, R.NODE_LOST, R.EVICTED, R.RETRIES_EXHAUSTED,
-         R.DEADLINE_EXCEEDED}
+        {R.ERROR, R.SLICE_OOM, R.HOST_OOM, R.NODE_LOST, R.EVICTED, R.RETRIES_EXHAUSTED, R.DEADLINE_EXCEEDED}
     ),
     S.PREEMPTED: frozenset({R.RETRIES_EXHAUSTED, R.DEADLINE_EXCEEDED}),
     S.RESIZING: frozenset({R.ERROR, R.RETRIES_EXHAUSTED, R.DEADLINE_EXCEEDED}),
@@ -141,9 +140,7 @@ def transition(
     return Transition(status=new_status, event=event)
 
 
-def _terminal_reason(
-    current: JobState, to: JobState, reason: TerminalReason | str | None
-) -> TerminalReason:
+def _terminal_reason(current: JobState, to: JobState, reason: TerminalReason | str | None) -> TerminalReason:
     if to is S.SUCCEEDED:
         return R.COMPLETED
     if to is S.CANCELLED:

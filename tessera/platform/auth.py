@@ -80,9 +80,7 @@ class Principal:
         if held is None:
             raise Forbidden(f"you are not a member of project {project!r}")
         if held.rank < role.rank:
-            raise Forbidden(
-                f"this needs role {role} in project {project!r}; you are {held}"
-            )
+            raise Forbidden(f"this needs role {role} in project {project!r}; you are {held}")
 
     def visible_projects(self) -> set[str] | None:
         """Projects whose resources the caller may see; None means all (admin)."""
@@ -111,7 +109,7 @@ def authenticate(db: Database, secret: str, now: datetime | None = None) -> Prin
         ).first()
     if found is None:
         raise Unauthorized("token not recognised: it is wrong or has been deleted")
-    token, user = found.tuple()
+    token, user = found
     if token.revoked_at is not None:
         raise Unauthorized(f"token {token.name!r} was revoked at {token.revoked_at.isoformat()}")
     if token.expires_at is not None and token.expires_at <= now:

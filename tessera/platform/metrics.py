@@ -40,20 +40,22 @@ class Metrics:
     def __init__(self, db: Callable[[], Database]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "tessera_http_requests", "HTTP requests.", ["method", "route", "status"],
+            "tessera_http_requests",
+            "HTTP requests.",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "tessera_http_request_duration_seconds", "HTTP request latency.", ["method", "route"],
+            "tessera_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
             registry=self.registry,
         )
         self.registry.register(StoreCollector(db))
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")
-        async def _observe(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
+        async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             start = time.perf_counter()
             response = await call_next(request)
             route = request.scope.get("route")

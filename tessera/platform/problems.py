@@ -95,8 +95,7 @@ def _message(error: dict[str, Any]) -> str:
 
 def validation_problem(exc: RequestValidationError) -> Problem:
     errors = [
-        FieldError(field=_field_path(tuple(e.get("loc", ()))), message=_message(e))
-        for e in exc.errors()
+        FieldError(field=_field_path(tuple(e.get("loc", ()))), message=_message(e)) for e in exc.errors()
     ]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return Problem(title="Unprocessable Content", status=422, detail=detail, errors=errors)

@@ -59,9 +59,12 @@ def parse_simulated_gpus(spec: str) -> list[tuple[int, str, int]]:
         text = part.strip()
         count_text, sep, model = text.partition("x")
         memory_text = model.rsplit("-", 1)[-1].upper() if "-" in model else ""
-        if not sep or not count_text.isdigit() or not memory_text.endswith("GB") or not memory_text[
-            :-2
-        ].isdigit():
+        if (
+            not sep
+            or not count_text.isdigit()
+            or not memory_text.endswith("GB")
+            or not memory_text[:-2].isdigit()
+        ):
             raise ValueError(f"simulate_gpus {text!r} is not {SIMULATE_FORM}")
         count = int(count_text)
         if not 1 <= count <= 64:

@@ -42,8 +42,7 @@ def why_unplaceable(resources: Resources, nodes: list[NodeInventory]) -> str | N
     kind = resources.kind
     if kind is GpuKind.MIG:
         profiles = sorted({m.profile for g in gpus for m in g.mig_instances})
-        return (f"no node offers MIG profile {resources.mig_profile!r} "
-                f"(offered: {profiles or 'none'})")
+        return f"no node offers MIG profile {resources.mig_profile!r} (offered: {profiles or 'none'})"
     if kind is not GpuKind.NONE:
         models = sorted({g.model for g in gpus})
         if resources.gpu_models and not any(resources.fits_model(m) for m in models):
@@ -51,8 +50,10 @@ def why_unplaceable(resources: Resources, nodes: list[NodeInventory]) -> str | N
         if kind is GpuKind.SLICE and resources.gpu_memory is not None:
             largest: MemoryMiB = max((g.memory_mib for g in gpus), default=0)
             if resources.gpu_memory > largest:
-                return (f"gpu_memory {format_mib(resources.gpu_memory)} exceeds the largest GPU "
-                        f"({format_mib(largest)})")
+                return (
+                    f"gpu_memory {format_mib(resources.gpu_memory)} exceeds the largest GPU "
+                    f"({format_mib(largest)})"
+                )
         most = max((len(n.gpus) for n in nodes), default=0)
         if resources.gpu_count > most:
             return f"{resources.gpu_count} GPUs per task, but no node has more than {most}"

@@ -50,8 +50,16 @@ def test_format_round_trips(mib: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("45", 45),
-     ("1w", 604800), ("250ms", 0.25)],
+    [
+        ("90s", 90),
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("45", 45),
+        ("1w", 604800),
+        ("250ms", 0.25),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)

@@ -49,9 +49,7 @@ def test_allowed(src: JobState, dst: JobState, reason: TerminalReason | None) ->
 
 
 def test_every_other_pair_is_refused() -> None:
-    allowed = {(src, dst) for src, dst, _ in ALLOWED} | {
-        (src, S.FAILED) for src in S if not src.terminal
-    }
+    allowed = {(src, dst) for src, dst, _ in ALLOWED} | {(src, S.FAILED) for src in S if not src.terminal}
     for src in S:
         for dst in S:
             if (src, dst) in allowed:
@@ -94,8 +92,9 @@ def test_terminal_sets_reason_and_time_and_clears_pending() -> None:
 def test_running_sets_started_once() -> None:
     moved = transition(status(S.STARTING), S.RUNNING, at=NOW).status
     assert moved.started_at == NOW
-    resized = transition(moved.model_copy(update={"state": S.RESIZING}), S.RUNNING,
-                         at=datetime(2027, 1, 1, tzinfo=UTC)).status
+    resized = transition(
+        moved.model_copy(update={"state": S.RESIZING}), S.RUNNING, at=datetime(2027, 1, 1, tzinfo=UTC)
+    ).status
     assert resized.started_at == NOW
 
 

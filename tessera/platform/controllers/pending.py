@@ -42,8 +42,13 @@ def reconcile_pending(db: Database, now: datetime | None = None) -> int:
         for job_id, deadline in expired:
             row = tx.session.get(JobRow, job_id)
             if row is not None and row.state == JobState.PENDING.value:
-                apply_transition(tx, row, JobState.FAILED, reason=TerminalReason.DEADLINE_EXCEEDED,
-                                 message=f"not finished within its deadline of {deadline}")
+                apply_transition(
+                    tx,
+                    row,
+                    JobState.FAILED,
+                    reason=TerminalReason.DEADLINE_EXCEEDED,
+                    message=f"not finished within its deadline of {deadline}",
+                )
                 changed += 1
         for job_id in stale:
             row = tx.session.get(JobRow, job_id)

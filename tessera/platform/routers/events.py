@@ -34,17 +34,28 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[Event]:
     return await run_in_threadpool(
-        lambda: service.list_events(db, caller, kind=kind, object_id=object_id, project=project,
-                                    after_revision=after_revision, limit=limit)
+        lambda: service.list_events(
+            db,
+            caller,
+            kind=kind,
+            object_id=object_id,
+            project=project,
+            after_revision=after_revision,
+            limit=limit,
+        )
     )
 
 
 @router.get(
     "/watch",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}},
-                     "description": "One JSON object per line: a change or a bookmark."},
-               410: {"description": "The revision was compacted; list again."}},
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {}},
+            "description": "One JSON object per line: a change or a bookmark.",
+        },
+        410: {"description": "The revision was compacted; list again."},
+    },
 )
 async def watch(
     db: DbDep,

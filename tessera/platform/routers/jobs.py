@@ -49,8 +49,7 @@ async def list_jobs(
     continue_: Annotated[str | None, Query(alias="continue")] = None,
 ) -> Page[Job]:
     """Jobs newest first; pass ``continue`` from the previous page for the next."""
-    flt = service.JobFilter(project=project, queue=queue, states=tuple(state or ()), owner=owner,
-                            search=q)
+    flt = service.JobFilter(project=project, queue=queue, states=tuple(state or ()), owner=owner, search=q)
     jobs, cursor, revision = await run_in_threadpool(service.list_jobs, db, caller, flt, limit, continue_)
     return Page[Job](items=jobs, continue_=cursor, revision=revision)
 
@@ -62,8 +61,9 @@ async def get_job(ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQu
 
 
 @router.get("/{ref}/events", response_model=list[Event])
-async def job_events(ref: str, db: DbDep, caller: UserPrincipal,
-                     project: ProjectQuery = "default") -> list[Event]:
+async def job_events(
+    ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQuery = "default"
+) -> list[Event]:
     job = await run_in_threadpool(service.get_job, db, caller, ref, project)
     return await run_in_threadpool(
         lambda: event_service.list_events(db, caller, kind="job", object_id=job.id, limit=1000)
@@ -87,8 +87,9 @@ async def cancel_job(
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_job(ref: str, db: DbDep, caller: UserPrincipal,
-                     project: ProjectQuery = "default") -> Response:
+async def delete_job(
+    ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQuery = "default"
+) -> Response:
     """Delete a job; a live one is cancelled first."""
     await run_in_threadpool(service.delete_job, db, caller, ref, project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -34,8 +34,9 @@ async def update_project(name: str, req: UpdateProjectRequest, db: DbDep, _: Adm
 
 
 @router.put("/{name}/members/{user}", response_model=Project)
-async def set_member(name: str, user: str, req: SetMemberRequest, db: DbDep,
-                     caller: UserPrincipal) -> Project:
+async def set_member(
+    name: str, user: str, req: SetMemberRequest, db: DbDep, caller: UserPrincipal
+) -> Project:
     """Grant a role (viewer, member, admin) in the project; needs project admin."""
     return await run_in_threadpool(service.set_member, db, caller, name, user, req.role)
 

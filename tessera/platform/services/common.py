@@ -49,8 +49,15 @@ def emit(
 ) -> EventRow:
     """Write an event (it is also a change-feed entry of kind ``event``)."""
     row = EventRow(
-        kind=kind, object_id=object_id, object_name=object_name, project=project, type=type,
-        reason=reason, message=message, from_state=from_state, to_state=to_state,
+        kind=kind,
+        object_id=object_id,
+        object_name=object_name,
+        project=project,
+        type=type,
+        reason=reason,
+        message=message,
+        from_state=from_state,
+        to_state=to_state,
     )
     put(tx, "event", row, convert.event)
     return row

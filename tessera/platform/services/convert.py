@@ -35,21 +35,28 @@ def meta(row: Stored) -> dict[str, Any]:
 
 
 def user(row: UserRow) -> User:
-    return User(**meta(row), name=row.name, email=row.email, is_admin=row.is_admin,
-                disabled=row.disabled)
+    return User(**meta(row), name=row.name, email=row.email, is_admin=row.is_admin, disabled=row.disabled)
 
 
 def token(row: TokenRow, user_name: str) -> Token:
     return Token(
-        **meta(row), name=row.name, user=user_name, scopes=[Scope(s) for s in row.scopes],
-        prefix=row.prefix, expires_at=row.expires_at, revoked_at=row.revoked_at,
+        **meta(row),
+        name=row.name,
+        user=user_name,
+        scopes=[Scope(s) for s in row.scopes],
+        prefix=row.prefix,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
     )
 
 
 def project(row: ProjectRow, members: list[tuple[str, str]]) -> Project:
     return Project(
-        **meta(row), name=row.name, description=row.description, queues=row.queues,
+        **meta(row),
+        name=row.name,
+        description=row.description,
+        queues=row.queues,
         default_queue=row.default_queue,
         members=[Membership(user=u, role=Role(r)) for u, r in sorted(members)],
     )
@@ -61,7 +68,10 @@ def queue(row: QueueRow) -> Queue:
 
 def node(row: NodeRow) -> Node:
     return Node(
-        **meta(row), name=row.name, labels=row.labels, state=NodeState(row.state),
+        **meta(row),
+        name=row.name,
+        labels=row.labels,
+        state=NodeState(row.state),
         inventory=NodeInventory.model_validate(row.inventory),
         last_heartbeat_at=row.last_heartbeat_at,
     )
@@ -69,8 +79,13 @@ def node(row: NodeRow) -> Node:
 
 def task(row: TaskRow) -> Task:
     return Task(
-        id=row.id, group=row.group_name, index=row.index, state=TaskState(row.state),
-        node=row.node, exit_code=row.exit_code, started_at=row.started_at,
+        id=row.id,
+        group=row.group_name,
+        index=row.index,
+        state=TaskState(row.state),
+        node=row.node,
+        exit_code=row.exit_code,
+        started_at=row.started_at,
         finished_at=row.finished_at,
     )
 
@@ -94,14 +109,21 @@ def job(
         status=JobStatus.model_validate(row.status),
         tasks=[task(t) for t in sorted(tasks or [], key=lambda t: (t.group_name, t.index))],
         attempts=[
-            Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
-                    reason=a.reason, nodes=a.nodes)
+            Attempt(
+                number=a.number, started_at=a.started_at, ended_at=a.ended_at, reason=a.reason, nodes=a.nodes
+            )
             for a in sorted(attempts or [], key=lambda a: a.number)
         ],
         allocations=[
             Allocation(
-                id=a.id, job_id=a.job_id, task_id=a.task_id, node=a.node, gpu_uuid=a.gpu_uuid,
-                mig_instance=a.mig_instance, memory_mib=a.memory_mib, compute_pct=a.compute_pct,
+                id=a.id,
+                job_id=a.job_id,
+                task_id=a.task_id,
+                node=a.node,
+                gpu_uuid=a.gpu_uuid,
+                mig_instance=a.mig_instance,
+                memory_mib=a.memory_mib,
+                compute_pct=a.compute_pct,
                 tier=a.tier,
             )
             for a in allocations or []
@@ -111,7 +133,16 @@ def job(
 
 def event(row: EventRow) -> Event:
     return Event(
-        id=row.id, revision=row.revision, at=row.at, kind=row.kind, object_id=row.object_id,
-        object_name=row.object_name, project=row.project, type=row.type, reason=row.reason,
-        message=row.message, from_state=row.from_state, to_state=row.to_state,
+        id=row.id,
+        revision=row.revision,
+        at=row.at,
+        kind=row.kind,
+        object_id=row.object_id,
+        object_name=row.object_name,
+        project=row.project,
+        type=row.type,
+        reason=row.reason,
+        message=row.message,
+        from_state=row.from_state,
+        to_state=row.to_state,
     )

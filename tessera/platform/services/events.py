@@ -42,9 +42,7 @@ def list_events(
         if project:
             query = query.where(EventRow.project == project)
         if visible is not None:
-            query = query.where(
-                EventRow.project.in_(sorted(visible)) | EventRow.project.is_(None)
-            )
+            query = query.where(EventRow.project.in_(sorted(visible)) | EventRow.project.is_(None))
         rows = session.execute(query.order_by(EventRow.revision, EventRow.at).limit(limit)).scalars()
         return [convert.event(r) for r in rows]
 

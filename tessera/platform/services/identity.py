@@ -46,8 +46,9 @@ def user_row(tx: Tx, name: str) -> UserRow:
 def create_user(db: Database, req: CreateUserRequest) -> User:
     try:
         with db.write() as tx:
-            return put(tx, "user", UserRow(name=req.name, email=req.email, is_admin=req.is_admin),
-                       convert.user)
+            return put(
+                tx, "user", UserRow(name=req.name, email=req.email, is_admin=req.is_admin), convert.user
+            )
     except IntegrityError:
         raise Conflict(f"a user named {req.name!r} already exists", field="name") from None
 
@@ -75,14 +76,19 @@ def create_token(db: Database, caller: Principal, req: CreateTokenRequest) -> Cr
     with db.write() as tx:
         owner = user_row(tx, owner_name)
         if Scope.ADMIN in req.scopes and not owner.is_admin:
-            raise Invalid(f"user {owner_name!r} is not an admin, so a token for them cannot "
-                          "carry the admin scope", field="scopes")
+            raise Invalid(
+                f"user {owner_name!r} is not an admin, so a token for them cannot carry the admin scope",
+                field="scopes",
+            )
         if not caller.admin and not set(req.scopes) <= set(caller.scopes):
             raise Forbidden("a token can only carry scopes the creating token has")
         secret = new_secret()
         row = TokenRow(
-            name=req.name, user_id=owner.id, secret_hash=hash_secret(secret),
-            prefix=secret[:10], scopes=[s.value for s in req.scopes],
+            name=req.name,
+            user_id=owner.id,
+            secret_hash=hash_secret(secret),
+            prefix=secret[:10],
+            scopes=[s.value for s in req.scopes],
             expires_at=utcnow() + req.expires_in if req.expires_in else None,
         )
         token = put(tx, "token", row, lambda r: convert.token(r, owner.name))
@@ -138,8 +144,9 @@ def _check_queues(tx: Tx, queues: list[str], default_queue: str) -> None:
     if unknown:
         raise Invalid(f"unknown queue(s) {unknown}; existing queues: {sorted(known)}", field="queues")
     if default_queue not in queues:
-        raise Invalid(f"default_queue {default_queue!r} must be one of queues {queues}",
-                      field="default_queue")
+        raise Invalid(
+            f"default_queue {default_queue!r} must be one of queues {queues}", field="default_queue"
+        )
 
 
 def create_project(db: Database, req: CreateProjectRequest) -> Project:
@@ -147,8 +154,9 @@ def create_project(db: Database, req: CreateProjectRequest) -> Project:
     try:
         with db.write() as tx:
             _check_queues(tx, req.queues, default_queue)
-            row = ProjectRow(name=req.name, description=req.description, queues=req.queues,
-                             default_queue=default_queue)
+            row = ProjectRow(
+                name=req.name, description=req.description, queues=req.queues, default_queue=default_queue
+            )
             return put(tx, "project", row, lambda r: convert.project(r, []))
     except IntegrityError:
         raise Conflict(f"a project named {req.name!r} already exists", field="name") from None
@@ -172,8 +180,9 @@ def list_projects(db: Database, caller: Principal) -> list[Project]:
     visible = caller.visible_projects()
     with db.read() as session:
         rows = session.execute(select(ProjectRow).order_by(ProjectRow.name)).scalars().all()
-        return [convert.project(r, _members(session, r.id)) for r in rows
-                if visible is None or r.name in visible]
+        return [
+            convert.project(r, _members(session, r.id)) for r in rows if visible is None or r.name in visible
+        ]
 
 
 def get_project(db: Database, caller: Principal, name: str) -> Project:
@@ -192,16 +201,16 @@ def set_member(db: Database, caller: Principal, project: str, user: str, role: R
         prow = project_row(tx, project)
         urow = user_row(tx, user)
         existing = tx.session.execute(
-            select(MembershipRow).where(MembershipRow.project_id == prow.id,
-                                        MembershipRow.user_id == urow.id)
+            select(MembershipRow).where(MembershipRow.project_id == prow.id, MembershipRow.user_id == urow.id)
         ).scalar_one_or_none()
         if role is None:
             if existing is None:
                 raise NotFound(f"user {user!r} is not a member of {project!r}", field="user")
             remove(tx, "membership", existing)
         elif existing is None:
-            tx.session.add(MembershipRow(project_id=prow.id, user_id=urow.id, role=role.value,
-                                         revision=tx.revision))
+            tx.session.add(
+                MembershipRow(project_id=prow.id, user_id=urow.id, role=role.value, revision=tx.revision)
+            )
         else:
             existing.role = role.value
             tx.stamp(existing)
@@ -223,13 +232,28 @@ def bootstrap(db: Database) -> str | None:
     with db.write() as tx:
         session = tx.session
         if session.execute(select(QueueRow).where(QueueRow.name == DEFAULT_QUEUE)).first() is None:
-            put(tx, "queue", QueueRow(name=DEFAULT_QUEUE, parent=None,
-                                      spec=QueueSpec(description="default queue, no quota limit")
-                                      .model_dump(mode="json")), convert.queue)
+            put(
+                tx,
+                "queue",
+                QueueRow(
+                    name=DEFAULT_QUEUE,
+                    parent=None,
+                    spec=QueueSpec(description="default queue, no quota limit").model_dump(mode="json"),
+                ),
+                convert.queue,
+            )
         if session.execute(select(ProjectRow).where(ProjectRow.name == DEFAULT_PROJECT)).first() is None:
-            put(tx, "project", ProjectRow(name=DEFAULT_PROJECT, description="default project",
-                                          queues=[DEFAULT_QUEUE], default_queue=DEFAULT_QUEUE),
-                lambda r: convert.project(r, []))
+            put(
+                tx,
+                "project",
+                ProjectRow(
+                    name=DEFAULT_PROJECT,
+                    description="default project",
+                    queues=[DEFAULT_QUEUE],
+                    default_queue=DEFAULT_QUEUE,
+                ),
+                lambda r: convert.project(r, []),
+            )
         admin = session.execute(select(UserRow).where(UserRow.name == ADMIN_USER)).scalar_one_or_none()
         if admin is None:
             admin = UserRow(name=ADMIN_USER, is_admin=True)
@@ -240,7 +264,12 @@ def bootstrap(db: Database) -> str | None:
         if has_token is not None:
             return None
         secret = new_secret()
-        row = TokenRow(name="bootstrap-admin", user_id=admin.id, secret_hash=hash_secret(secret),
-                       prefix=secret[:10], scopes=[Scope.ADMIN.value, Scope.USER.value])
+        row = TokenRow(
+            name="bootstrap-admin",
+            user_id=admin.id,
+            secret_hash=hash_secret(secret),
+            prefix=secret[:10],
+            scopes=[Scope.ADMIN.value, Scope.USER.value],
+        )
         put(tx, "token", row, lambda r: convert.token(r, ADMIN_USER))
         return secret

@@ -72,8 +72,12 @@ def render_job(session: Session, row: JobRow, *, detail: bool = True) -> Job:
             session.execute(select(AllocationRow).where(AllocationRow.job_id == row.id)).scalars()
         )
     return convert.job(
-        row, project_name=project.name if project else "?", owner=owner.name if owner else "?",
-        tasks=tasks, attempts=attempts, allocations=allocations,
+        row,
+        project_name=project.name if project else "?",
+        owner=owner.name if owner else "?",
+        tasks=tasks,
+        attempts=attempts,
+        allocations=allocations,
     )
 
 
@@ -97,14 +101,18 @@ def apply_transition(
     """
     now = utcnow()
     status = JobStatus.model_validate(row.status)
-    moved = transition(status, to, at=now, reason=reason, message=message, exit_code=exit_code,
-                       pending_reason=pending_reason)
+    moved = transition(
+        status, to, at=now, reason=reason, message=message, exit_code=exit_code, pending_reason=pending_reason
+    )
     row.state = moved.status.state.value
     row.status = moved.status.model_dump(mode="json")
     if to.terminal:
         row.live_name = None
-        task_state = {JobState.SUCCEEDED: TaskState.SUCCEEDED, JobState.FAILED: TaskState.FAILED,
-                      JobState.CANCELLED: TaskState.CANCELLED}[to]
+        task_state = {
+            JobState.SUCCEEDED: TaskState.SUCCEEDED,
+            JobState.FAILED: TaskState.FAILED,
+            JobState.CANCELLED: TaskState.CANCELLED,
+        }[to]
         for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
             if task.state not in {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}:
                 task.state = task_state.value
@@ -112,9 +120,18 @@ def apply_transition(
                 tx.stamp(task)
     job = put(tx, "job", row, lambda r: render_job(tx.session, r))
     draft = moved.event
-    emit(tx, kind="job", object_id=row.id, object_name=row.name, project=job.project,
-         type=draft.type, reason=draft.reason, message=draft.message,
-         from_state=draft.from_state.value, to_state=draft.to_state.value)
+    emit(
+        tx,
+        kind="job",
+        object_id=row.id,
+        object_name=row.name,
+        project=job.project,
+        type=draft.type,
+        reason=draft.reason,
+        message=draft.message,
+        from_state=draft.from_state.value,
+        to_state=draft.to_state.value,
+    )
     return job
 
 
@@ -152,8 +169,9 @@ def submit_job(
                 first = _replay(tx, caller, idempotency_key, request_hash)
                 if first is not None:
                     return first, False
-        raise Conflict(f"a live job named {req.name!r} already exists in project "
-                       f"{req.project!r}", field="name") from None
+        raise Conflict(
+            f"a live job named {req.name!r} already exists in project {req.project!r}", field="name"
+        ) from None
 
 
 def _replay(tx: Tx, caller: Principal, key: str, request_hash: str) -> Job | None:
@@ -163,18 +181,20 @@ def _replay(tx: Tx, caller: Principal, key: str, request_hash: str) -> Job | Non
     if seen is None:
         return None
     if seen.request_hash != request_hash:
-        raise Conflict("this Idempotency-Key was already used for a different request; "
-                       "use a new key for a new job", field="Idempotency-Key")
+        raise Conflict(
+            "this Idempotency-Key was already used for a different request; use a new key for a new job",
+            field="Idempotency-Key",
+        )
     row = tx.session.get(JobRow, seen.job_id)
     if row is None:
-        raise Conflict("this Idempotency-Key belongs to a job that has since been deleted; "
-                       "use a new key", field="Idempotency-Key")
+        raise Conflict(
+            "this Idempotency-Key belongs to a job that has since been deleted; use a new key",
+            field="Idempotency-Key",
+        )
     return render_job(tx.session, row)
 
 
-def _insert(
-    tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, request_hash: str
-) -> Job:
+def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, request_hash: str) -> Job:
     session = tx.session
     project = session.execute(select(ProjectRow).where(ProjectRow.name == req.project)).scalar_one_or_none()
     if project is None:
@@ -184,22 +204,29 @@ def _insert(
         known = sorted(session.execute(select(QueueRow.name)).scalars())
         raise Invalid(f"no queue named {queue!r}; existing queues: {known}", field="queue")
     if queue not in project.queues:
-        raise Invalid(f"project {project.name!r} may not use queue {queue!r}; "
-                      f"its queues are {project.queues}", field="queue")
+        raise Invalid(
+            f"project {project.name!r} may not use queue {queue!r}; its queues are {project.queues}",
+            field="queue",
+        )
     name = req.name or _generated_name(req)
     clash = session.execute(
         select(JobRow.state).where(JobRow.project_id == project.id, JobRow.live_name == name)
     ).scalar_one_or_none()
     if clash is not None:
-        raise Conflict(f"a live job named {name!r} already exists in project {project.name!r} "
-                       f"(state {clash}); pick another name or delete that job", field="name")
+        raise Conflict(
+            f"a live job named {name!r} already exists in project {project.name!r} "
+            f"(state {clash}); pick another name or delete that job",
+            field="name",
+        )
     spec = JobSpec.model_validate({**req.model_dump(mode="json"), "name": name, "queue": queue})
     nodes = inventories(tx)
     for i, group in enumerate(spec.groups):
         reason = why_unplaceable(group.resources, nodes) if nodes else None
         if reason is not None:
-            raise Invalid(f"no registered node could ever hold a task of group {group.name!r}: "
-                          f"{reason}", field=f"groups.{i}.resources")
+            raise Invalid(
+                f"no registered node could ever hold a task of group {group.name!r}: {reason}",
+                field=f"groups.{i}.resources",
+            )
     now = utcnow()
     status = JobStatus(
         state=JobState.PENDING,
@@ -207,23 +234,51 @@ def _insert(
         submitted_at=now,
     )
     row = JobRow(
-        name=name, live_name=name, project_id=project.id, queue=queue, owner_id=caller.user_id,
-        state=JobState.PENDING.value, priority=spec.priority, spec=spec.model_dump(mode="json"),
-        status=status.model_dump(mode="json"), revision=tx.revision,
+        name=name,
+        live_name=name,
+        project_id=project.id,
+        queue=queue,
+        owner_id=caller.user_id,
+        state=JobState.PENDING.value,
+        priority=spec.priority,
+        spec=spec.model_dump(mode="json"),
+        status=status.model_dump(mode="json"),
+        revision=tx.revision,
     )
     session.add(row)
     session.flush()
     for group in spec.groups:
         for index in range(group.replicas):
-            session.add(TaskRow(job_id=row.id, group_name=group.name, index=index,
-                                state=TaskState.PENDING.value, revision=tx.revision))
+            session.add(
+                TaskRow(
+                    job_id=row.id,
+                    group_name=group.name,
+                    index=index,
+                    state=TaskState.PENDING.value,
+                    revision=tx.revision,
+                )
+            )
     if key:
-        session.add(IdempotencyRow(user_id=caller.user_id, key=key, request_hash=request_hash,
-                                   job_id=row.id, revision=tx.revision))
+        session.add(
+            IdempotencyRow(
+                user_id=caller.user_id,
+                key=key,
+                request_hash=request_hash,
+                job_id=row.id,
+                revision=tx.revision,
+            )
+        )
     job = put(tx, "job", row, lambda r: render_job(tx.session, r))
-    emit(tx, kind="job", object_id=row.id, object_name=name, project=project.name,
-         reason="Submitted", message=f"{spec.task_count} task(s) in queue {queue!r} by {caller.user_name}",
-         to_state=JobState.PENDING.value)
+    emit(
+        tx,
+        kind="job",
+        object_id=row.id,
+        object_name=name,
+        project=project.name,
+        reason="Submitted",
+        message=f"{spec.task_count} task(s) in queue {queue!r} by {caller.user_name}",
+        to_state=JobState.PENDING.value,
+    )
     return job
 
 
@@ -244,7 +299,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise Invalid("continue is not a token returned by a previous page", field="continue") from None
 
 
-def _visible(query: Select[tuple[JobRow]], caller: Principal) -> Select[tuple[JobRow]]:
+def _visible(query: Select[JobRow], caller: Principal) -> Select[JobRow]:
     projects = caller.visible_projects()
     if projects is None:
         return query
@@ -280,9 +335,11 @@ def list_jobs(
             query = query.where(
                 or_(JobRow.created_at < created, (JobRow.created_at == created) & (JobRow.id < ident))
             )
-        rows = session.execute(
-            query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
-        ).scalars().all()
+        rows = (
+            session.execute(query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1))
+            .scalars()
+            .all()
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         jobs = [render_job(session, r, detail=False) for r in rows]
@@ -298,8 +355,10 @@ def find_job(session: Session, caller: Principal, ref: str, project: str) -> Job
         pid = session.execute(select(ProjectRow.id).where(ProjectRow.name == project)).scalar()
         if pid is not None:
             row = session.execute(
-                select(JobRow).where(JobRow.project_id == pid, JobRow.name == ref)
-                .order_by(JobRow.live_name.is_(None), JobRow.created_at.desc()).limit(1)
+                select(JobRow)
+                .where(JobRow.project_id == pid, JobRow.name == ref)
+                .order_by(JobRow.live_name.is_(None), JobRow.created_at.desc())
+                .limit(1)
             ).scalar_one_or_none()
     if row is not None:
         owner_project = session.get(ProjectRow, row.project_id)
@@ -317,7 +376,12 @@ def get_job(db: Database, caller: Principal, ref: str, project: str) -> Job:
 
 
 def cancel_job(
-    db: Database, caller: Principal, ref: str, project: str, *, message: str = "",
+    db: Database,
+    caller: Principal,
+    ref: str,
+    project: str,
+    *,
+    message: str = "",
     if_version: int | None = None,
 ) -> Job:
     """Cancel a live job (member role); cancelling a finished job is a 409."""
@@ -326,12 +390,15 @@ def cancel_job(
         job_project = tx.session.get(ProjectRow, row.project_id)
         caller.require(job_project.name if job_project else project, Role.MEMBER)
         if if_version is not None and row.version != if_version:
-            raise Conflict(f"job {row.name!r} is at version {row.version}, not {if_version}; "
-                           "read it again", field="If-Match")
+            raise Conflict(
+                f"job {row.name!r} is at version {row.version}, not {if_version}; read it again",
+                field="If-Match",
+            )
         if JobState(row.state).terminal:
             raise Conflict(f"job {row.name!r} already finished ({row.state}); nothing to cancel")
-        return apply_transition(tx, row, JobState.CANCELLED, message=message or
-                                f"cancelled by {caller.user_name}")
+        return apply_transition(
+            tx, row, JobState.CANCELLED, message=message or f"cancelled by {caller.user_name}"
+        )
 
 
 def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:
@@ -342,7 +409,13 @@ def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:
         caller.require(job_project.name if job_project else project, Role.MEMBER)
         if not JobState(row.state).terminal:
             apply_transition(tx, row, JobState.CANCELLED, message=f"deleted by {caller.user_name}")
-        emit(tx, kind="job", object_id=row.id, object_name=row.name,
-             project=job_project.name if job_project else None, reason="Deleted",
-             message=f"deleted by {caller.user_name}")
+        emit(
+            tx,
+            kind="job",
+            object_id=row.id,
+            object_name=row.name,
+            project=job_project.name if job_project else None,
+            reason="Deleted",
+            message=f"deleted by {caller.user_name}",
+        )
         remove(tx, "job", row)

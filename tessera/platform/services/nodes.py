@@ -27,9 +27,14 @@ def register_node(db: Database, req: RegisterNodeRequest) -> Node:
         row.last_heartbeat_at = utcnow()
         node = put(tx, "node", row, convert.node)
         gpus = len(req.inventory.gpus)
-        emit(tx, kind="node", object_id=row.id, object_name=row.name,
-             reason="Joined" if joined else "Registered",
-             message=f"{gpus} GPU(s){' (simulated)' if req.inventory.simulated else ''}")
+        emit(
+            tx,
+            kind="node",
+            object_id=row.id,
+            object_name=row.name,
+            reason="Joined" if joined else "Registered",
+            message=f"{gpus} GPU(s){' (simulated)' if req.inventory.simulated else ''}",
+        )
         return node
 
 

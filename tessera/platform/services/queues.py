@@ -26,9 +26,11 @@ def _check_parent(tx: Tx, name: str, parent: str | None) -> None:
         return
     parents = dict(tx.session.execute(select(QueueRow.name, QueueRow.parent)).all())
     if parent not in parents:
-        raise Invalid(f"parent queue {parent!r} does not exist; existing queues: {sorted(parents)}",
-                      field="parent")
-    seen, cursor = {name}, parent
+        raise Invalid(
+            f"parent queue {parent!r} does not exist; existing queues: {sorted(parents)}", field="parent"
+        )
+    seen: set[str] = {name}
+    cursor: str | None = parent
     while cursor is not None:
         if cursor in seen:
             raise Invalid(f"parent {parent!r} would make a cycle through {cursor!r}", field="parent")
@@ -84,22 +86,33 @@ def delete_queue(db: Database, name: str) -> None:
             raise Conflict(f"queue {name!r} has child queues {sorted(children)}; delete them first")
         for project in tx.session.execute(select(ProjectRow)).scalars():
             if project.default_queue == name:
-                raise Conflict(f"queue {name!r} is the default queue of project {project.name!r}; "
-                               "change the project's default_queue first")
+                raise Conflict(
+                    f"queue {name!r} is the default queue of project {project.name!r}; "
+                    "change the project's default_queue first"
+                )
         busy = tx.session.execute(
-            select(func.count()).select_from(JobRow).where(
-                JobRow.queue == name, JobRow.live_name.is_not(None), JobRow.state != JobState.PENDING
-            )
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.queue == name, JobRow.live_name.is_not(None), JobRow.state != JobState.PENDING)
         ).scalar_one()
         if busy:
-            raise Conflict(f"queue {name!r} has {busy} scheduled or running job(s); "
-                           "cancel them or wait for them to finish")
-        pending = tx.session.execute(
-            select(JobRow).where(JobRow.queue == name, JobRow.state == JobState.PENDING)
-        ).scalars().all()
+            raise Conflict(
+                f"queue {name!r} has {busy} scheduled or running job(s); "
+                "cancel them or wait for them to finish"
+            )
+        pending = (
+            tx.session.execute(select(JobRow).where(JobRow.queue == name, JobRow.state == JobState.PENDING))
+            .scalars()
+            .all()
+        )
         for job in pending:
-            apply_transition(tx, job, JobState.FAILED, reason=TerminalReason.QUEUE_DELETED,
-                             message=f"queue {name!r} was deleted")
+            apply_transition(
+                tx,
+                job,
+                JobState.FAILED,
+                reason=TerminalReason.QUEUE_DELETED,
+                message=f"queue {name!r} was deleted",
+            )
         for project in tx.session.execute(select(ProjectRow)).scalars():
             if name in project.queues:
                 project.queues = [q for q in project.queues if q != name]

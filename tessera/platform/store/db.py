@@ -10,6 +10,7 @@ the same way.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,14 +73,16 @@ class Tx:
         row.revision = self.revision
         row.updated_at = utcnow()
 
-    def record(
-        self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None
-    ) -> None:
+    def record(self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None) -> None:
         """Append a change to the log at this transaction's revision."""
         self._seq += 1
         self.session.add(
             ChangeRow(
-                revision=self.revision, seq=self._seq, kind=kind, entity_id=entity_id, op=op,
+                revision=self.revision,
+                seq=self._seq,
+                kind=kind,
+                entity_id=entity_id,
+                op=op,
                 object=obj,
             )
         )
@@ -94,6 +97,9 @@ class Database:
         self.is_sqlite = _is_sqlite(url)
         write_engine = self.engine.execution_options(**{_WRITE: True})
         self._read = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite admits one writer; queueing this process's writers on a fair lock beats
+        # SQLite's busy handler, which sleeps and polls (long tails under contention)
+        self._sqlite_writer = threading.Lock() if self.is_sqlite else None
         self._write = sessionmaker(write_engine, expire_on_commit=False)
 
     @contextmanager
@@ -105,7 +111,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Tx]:
         """A write transaction holding the next revision; commits on success."""
-        with self._write() as session, session.begin():
+        with self._writer_slot(), self._write() as session, session.begin():
             revision = session.execute(
                 update(RevisionRow)
                 .where(RevisionRow.id == 1)
@@ -113,6 +119,14 @@ class Database:
                 .returning(RevisionRow.revision)
             ).scalar_one()
             yield Tx(session=session, revision=revision)
+
+    @contextmanager
+    def _writer_slot(self) -> Iterator[None]:
+        if self._sqlite_writer is None:
+            yield
+            return
+        with self._sqlite_writer:
+            yield
 
     def current_revision(self) -> int:
         with self.read() as session:

@@ -41,25 +41,23 @@ def changes_after(
     query = select(ChangeRow).where(ChangeRow.revision > after)
     if kinds:
         query = query.where(ChangeRow.kind.in_(list(kinds)))
-    rows = list(
-        session.execute(query.order_by(ChangeRow.revision, ChangeRow.seq).limit(limit)).scalars()
-    )
+    rows = list(session.execute(query.order_by(ChangeRow.revision, ChangeRow.seq).limit(limit)).scalars())
     resume = head.revision
     if len(rows) == limit:
         # never split one revision across pages: finish the last one
         last = rows[-1]
         rows.extend(
             session.execute(
-                query.where(ChangeRow.revision == last.revision, ChangeRow.seq > last.seq)
-                .order_by(ChangeRow.seq)
+                query.where(ChangeRow.revision == last.revision, ChangeRow.seq > last.seq).order_by(
+                    ChangeRow.seq
+                )
             ).scalars()
         )
         resume = last.revision
     elif rows:
         resume = max(resume, rows[-1].revision)
     changes = [
-        Change(revision=r.revision, kind=r.kind, id=r.entity_id, op=r.op, object=r.object)
-        for r in rows
+        Change(revision=r.revision, kind=r.kind, id=r.entity_id, op=r.op, object=r.object) for r in rows
     ]
     return changes, resume
 

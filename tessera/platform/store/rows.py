@@ -51,7 +51,7 @@ class Stored(Base):
     def __mapper_args__(cls) -> dict[str, Any]:
         # the ORM adds "AND version = :old" to every UPDATE/DELETE and bumps it,
         # so a stale read can never overwrite a newer write
-        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+        return {"version_id_col": cls.__table__.c.version}
 
 
 class RevisionRow(Base):
@@ -169,9 +169,7 @@ class TaskRow(Stored):
     __tablename__ = "tasks"
     __table_args__ = (UniqueConstraint("job_id", "group_name", "index"),)
 
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
     group_name: Mapped[str] = mapped_column(String(63), nullable=False)
     index: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -185,9 +183,7 @@ class AttemptRow(Stored):
     __tablename__ = "attempts"
     __table_args__ = (UniqueConstraint("job_id", "number"),)
 
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -201,9 +197,7 @@ class AllocationRow(Stored):
     job_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    task_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False
-    )
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False)
     node: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
     gpu_uuid: Mapped[str | None] = mapped_column(String(96))
     mig_instance: Mapped[str | None] = mapped_column(String(96))
@@ -234,9 +228,7 @@ class IdempotencyRow(Stored):
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("user_id", "key"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
     key: Mapped[str] = mapped_column(String(255), nullable=False)
     request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)

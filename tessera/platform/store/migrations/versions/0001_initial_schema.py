@@ -28,9 +28,7 @@ def upgrade() -> None:
         sa.Column("op", sa.String(length=8), nullable=False),
         sa.Column(
             "object",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
@@ -56,26 +54,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_events_object", ["object_id", "revision"], unique=False
-        )
+        batch_op.create_index("ix_events_object", ["object_id", "revision"], unique=False)
 
     op.create_table(
         "nodes",
         sa.Column("name", sa.String(length=63), nullable=False),
         sa.Column(
             "labels",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column(
             "inventory",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("last_heartbeat_at", sa.DateTime(timezone=True), nullable=True),
@@ -93,9 +85,7 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column(
             "queues",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("default_queue", sa.String(length=63), nullable=False),
@@ -113,9 +103,7 @@ def upgrade() -> None:
         sa.Column("parent", sa.String(length=63), nullable=True),
         sa.Column(
             "spec",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -134,9 +122,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_revision_counter")),
     )
     # the single counter row every write transaction bumps (the change feed's clock)
-    op.execute(
-        "INSERT INTO revision_counter (id, revision, compacted) VALUES (1, 0, 0)"
-    )
+    op.execute("INSERT INTO revision_counter (id, revision, compacted) VALUES (1, 0, 0)")
     op.create_table(
         "users",
         sa.Column("name", sa.String(length=63), nullable=False),
@@ -182,16 +168,12 @@ def upgrade() -> None:
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column(
             "spec",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "status",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -199,9 +181,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["users.id"], name=op.f("fk_jobs_owner_id_users")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name=op.f("fk_jobs_owner_id_users")),
         sa.ForeignKeyConstraint(
             ["project_id"],
             ["projects.id"],
@@ -240,14 +220,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_memberships")),
-        sa.UniqueConstraint(
-            "project_id", "user_id", name=op.f("uq_memberships_project_id")
-        ),
+        sa.UniqueConstraint("project_id", "user_id", name=op.f("uq_memberships_project_id")),
     )
     with op.batch_alter_table("memberships", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_memberships_user_id"), ["user_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_memberships_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "tokens",
@@ -257,9 +233,7 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column(
             "scopes",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
@@ -280,9 +254,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("secret_hash", name=op.f("uq_tokens_secret_hash")),
     )
     with op.batch_alter_table("tokens", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_tokens_user_id"), ["user_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_tokens_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "attempts",
@@ -293,9 +265,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=64), nullable=True),
         sa.Column(
             "nodes",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -334,9 +304,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
-        sa.UniqueConstraint(
-            "job_id", "group_name", "index", name=op.f("uq_tasks_job_id")
-        ),
+        sa.UniqueConstraint("job_id", "group_name", "index", name=op.f("uq_tasks_job_id")),
     )
     op.create_table(
         "allocations",
@@ -368,9 +336,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_allocations")),
     )
     with op.batch_alter_table("allocations", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_allocations_job_id"), ["job_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_allocations_job_id"), ["job_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_allocations_node"), ["node"], unique=False)
 
 

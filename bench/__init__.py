@@ -1,0 +1,1 @@
+"""Benchmarks for the Tessera control plane (run as ``python -m bench.<name>``)."""

@@ -1,0 +1,107 @@
+"""The watch endpoint, node registration, submit-time feasibility and the pending controller."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tessera.platform.controllers.pending import reconcile_pending
+from tests.conftest import Api, job_body
+
+A100 = {"uuid": "GPU-a", "index": 0, "model": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "simulated": True}
+
+
+def watch(api: Api, since: int, token: str | None = None, **params: Any) -> list[dict[str, Any]]:
+    r = api.call("GET", "/api/v1/watch", token=token, params={"since": since, "timeout": 0.5, **params})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in r.text.splitlines() if line]
+
+
+def test_watch_streams_changes_after_a_revision(api: Api) -> None:
+    listed = api.call("GET", "/api/v1/jobs").json()
+    since = listed["revision"]
+    job = api.call("POST", "/api/v1/jobs", json=job_body("w")).json()
+    api.call("POST", "/api/v1/jobs/w/cancel")
+    lines = watch(api, since, kind="job")
+    changes = [x for x in lines if x["type"] == "CHANGE"]
+    assert [(c["kind"], c["object"]["status"]["state"]) for c in changes] == [
+        ("job", "PENDING"),
+        ("job", "CANCELLED"),
+    ]
+    assert all(c["id"] == job["id"] for c in changes)
+    assert changes[0]["revision"] < changes[1]["revision"]
+    bookmark = lines[-1]
+    assert bookmark["type"] == "BOOKMARK" and bookmark["revision"] >= changes[-1]["revision"]
+    # resuming from the bookmark yields nothing new
+    assert [x for x in watch(api, bookmark["revision"], kind="job") if x["type"] == "CHANGE"] == []
+
+
+def test_watch_hides_other_projects_and_credentials(api: Api) -> None:
+    api.call("POST", "/api/v1/projects", json={"name": "other"})
+    member = api.user("wendy")
+    api.call("POST", "/api/v1/jobs", json={**job_body("hidden"), "project": "other"})
+    api.call("POST", "/api/v1/jobs", json=job_body("shown"))
+    kinds = {
+        (c["kind"], (c["object"] or {}).get("name") or (c["object"] or {}).get("object_name"))
+        for c in watch(api, 0, token=member)
+        if c["type"] == "CHANGE"
+    }
+    assert ("job", "shown") in kinds and ("job", "hidden") not in kinds
+    assert not any(kind in {"token", "user"} for kind, _ in kinds)
+
+
+def test_watch_after_compaction_is_gone(api: Api) -> None:
+    from tessera.platform.store.feed import compact
+
+    for i in range(3):
+        api.call("POST", "/api/v1/jobs", json=job_body(f"c{i}"))
+    head = api.call("GET", "/api/v1/jobs").json()["revision"]
+    with api.db.write() as tx:
+        compact(tx.session, head - 1)
+    r = api.call("GET", "/api/v1/watch", params={"since": 1, "timeout": 0.5})
+    assert r.status_code == 410 and "list again" in r.json()["detail"]
+
+
+def test_feasibility_once_a_node_has_joined(api: Api) -> None:
+    node = api.user("agent", role=None, scopes=["node"])
+    before = api.call("POST", "/api/v1/jobs", json=job_body("huge", gpu_memory="200Gi"))
+    assert before.status_code == 201  # no node yet: nothing to judge against
+    reg = {"name": "node-a", "inventory": {"gpus": [A100], "cpu": 16, "memory": "64Gi", "simulated": True}}
+    assert api.call("POST", "/api/v1/nodes", json=reg, token=node).status_code == 200
+    r = api.call("POST", "/api/v1/jobs", json=job_body("huge2", gpu_memory="200Gi"))
+    assert r.status_code == 422
+    assert "exceeds the largest GPU (80Gi)" in r.json()["errors"][0]["message"]
+    assert r.json()["errors"][0]["field"] == "groups.0.resources"
+    r = api.call("POST", "/api/v1/jobs", json=job_body("t4", gpus=1, gpu_models=["T4"]))
+    assert r.status_code == 422 and "model" in r.json()["detail"]
+    r = api.call("POST", "/api/v1/jobs", json=job_body("two", gpus=2))
+    assert r.status_code == 422 and "no node has more than 1" in r.json()["detail"]
+    body = job_body("gang", gpu_memory="40Gi")
+    body["groups"][0]["replicas"] = 8  # larger than the cluster: accepted, waits
+    assert api.call("POST", "/api/v1/jobs", json=body).status_code == 201
+    ok = api.call("POST", "/api/v1/jobs", json=job_body("fits", gpu_memory="40Gi"))
+    assert ok.json()["status"]["pending_reason"]["code"] == "WaitingForScheduler"
+
+    # the controller moves jobs submitted before the node joined off "NoNodes"
+    assert api.call("GET", "/api/v1/jobs/huge").json()["status"]["pending_reason"]["code"] == "NoNodes"
+    assert reconcile_pending(api.db) == 1
+    assert reconcile_pending(api.db) == 0  # nothing left to change: no write at all
+    refreshed = api.call("GET", "/api/v1/jobs/huge").json()["status"]["pending_reason"]
+    assert refreshed["code"] == "WaitingForScheduler"
+
+
+def test_deadline_fails_a_pending_job(api: Api) -> None:
+    from datetime import timedelta
+
+    from tessera.platform.store.types import utcnow
+
+    api.call("POST", "/api/v1/jobs", json={**job_body("late"), "deadline": "30m"})
+    api.call("POST", "/api/v1/jobs", json={**job_body("ontime"), "deadline": "2h"})
+    assert reconcile_pending(api.db, now=utcnow() + timedelta(hours=1)) == 1
+    late = api.call("GET", "/api/v1/jobs/late").json()
+    assert late["status"]["state"] == "FAILED" and late["status"]["reason"] == "DeadlineExceeded"
+    assert late["spec"]["deadline"] == "30m"
+    assert api.call("GET", "/api/v1/jobs/ontime").json()["status"]["state"] == "PENDING"
+    bad = api.call("POST", "/api/v1/jobs", json={**job_body("bad"), "deadline": "soon"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "deadline"
