@@ -56,9 +56,19 @@ class Node(Meta):
     state: NodeState
     inventory: NodeInventory
     last_heartbeat_at: datetime | None = None
+    agent_url: str | None = None
 
 
 class RegisterNodeRequest(Model):
     name: Name
     labels: Labels = Field(default_factory=dict)
     inventory: NodeInventory
+    agent_url: str | None = Field(
+        default=None, max_length=255, description="Where the agent serves task logs (http://host:port)."
+    )
+    agent_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=128,
+        description="Bearer secret the control plane presents to the agent; never returned.",
+    )

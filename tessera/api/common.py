@@ -36,6 +36,11 @@ class Meta(Model):
     updated_at: datetime
 
 
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a valid resource name (a DNS label)."""
+    return bool(_NAME.match(value))
+
+
 def _name(value: Any) -> Any:
     if isinstance(value, str) and not _NAME.match(value):
         raise ValueError(f"{value!r} is not {NAME_FORM}")

@@ -170,9 +170,27 @@ class Task(Model):
     index: int
     state: TaskState
     node: str | None = None
+    attempt: int = 0
     exit_code: int | None = None
+    message: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class TaskReport(Model):
+    """What a node agent reports about one task of one attempt (idempotent)."""
+
+    task_id: uuid.UUID
+    attempt: int = Field(ge=0)
+    state: TaskState
+    exit_code: int | None = None
+    start_error: str | None = Field(default=None, max_length=1000)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskReports(Model):
+    reports: list[TaskReport] = Field(max_length=5000)
 
 
 class Allocation(Model):

@@ -15,6 +15,7 @@ MEMORY_FORM = "a quantity like 512Mi, 10Gi or 10GiB (units Ki, Mi, Gi, Ti, K, M,
 DURATION_FORM = "a duration like 90s, 30m, 2h or 1d (or a combination such as 1h30m)"
 
 _MIB = 1024 * 1024
+MAX_MEMORY_MIB = 1024 * 1024 * 1024  # 1 PiB: far above any machine, far below overflow
 _UNITS: dict[str, int] = {
     "ki": 1024,
     "mi": _MIB,
@@ -44,6 +45,8 @@ def parse_memory_mib(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise QuantityError(f"must not be negative; expected {MEMORY_FORM}")
+        if value > MAX_MEMORY_MIB:
+            raise QuantityError(f"{value} MiB is larger than the maximum of 1024Ti")
         return value
     match = _QUANTITY.match(value)
     if match is None:
@@ -52,6 +55,8 @@ def parse_memory_mib(value: str | int) -> int:
         raise QuantityError(f"{value!r} is not {MEMORY_FORM}")
     number, unit = match.groups()
     total_bytes = float(number) * _UNITS[unit.lower()]
+    if total_bytes > MAX_MEMORY_MIB * _MIB:
+        raise QuantityError(f"{value!r} is larger than the maximum of {MAX_MEMORY_MIB // 1024**2}Ti")
     return int(-(-total_bytes // _MIB))
 
 
@@ -64,23 +69,34 @@ def format_mib(mib: int) -> str:
     return f"{mib}Mi"
 
 
+MAX_DURATION = timedelta(days=3650)
+
+
 def parse_duration(value: str | int | float) -> timedelta:
-    """Parse ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``; a bare number is seconds."""
+    """Parse ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``; a bare number is seconds (max 3650d)."""
+    delta = _parse_duration(value)
+    if delta > MAX_DURATION:
+        raise QuantityError(f"{value!r} is longer than the maximum of 3650d")
+    return delta
+
+
+def _parse_duration(value: str | int | float) -> timedelta:
     if isinstance(value, bool):
         raise QuantityError(f"expected {DURATION_FORM}")
     if isinstance(value, int | float):
-        if value < 0:
+        if value < 0 or value != value:
             raise QuantityError(f"must not be negative; expected {DURATION_FORM}")
-        return timedelta(seconds=value)
+        return timedelta(seconds=min(float(value), MAX_DURATION.total_seconds() + 1))
     text = value.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return timedelta(seconds=float(text))
+        return timedelta(seconds=min(float(text), MAX_DURATION.total_seconds() + 1))
     pos = 0
     seconds = 0.0
     for part in _DURATION_PART.finditer(text):
         if part.start() != pos:
             break
         seconds += float(part.group(1)) * _DURATION_SECONDS[part.group(2)]
+        seconds = min(seconds, MAX_DURATION.total_seconds() + 1)  # no timedelta overflow
         pos = part.end()
     if not text or pos != len(text):
         raise QuantityError(f"{value!r} is not {DURATION_FORM}")

@@ -55,7 +55,7 @@ class GpuRequest(Model):
     )
     gpu_memory: MemoryMiB | None = Field(default=None, description="Slice memory, e.g. 4Gi. Stored in MiB.")
     gpu_compute: int | None = Field(
-        default=None, description="Slice compute share in percent of one GPU, 1..100."
+        default=None, ge=1, le=100, description="Slice compute share in percent of one GPU, 1..100."
     )
     mig_profile: str | None = Field(default=None, description="A MIG profile, e.g. 1g.10gb.")
     gpu_models: list[str] = Field(
@@ -65,8 +65,6 @@ class GpuRequest(Model):
 
     @model_validator(mode="after")
     def _one_form(self) -> GpuRequest:
-        if self.gpu_compute is not None and not 1 <= self.gpu_compute <= 100:
-            raise ValueError("gpu_compute must be a percent of one GPU in 1..100")
         if self.gpu_memory is not None and self.gpu_memory == 0:
             raise ValueError("gpu_memory must be positive, e.g. 512Mi or 4Gi")
         if self.mig_profile is not None and not _MIG.match(self.mig_profile):

@@ -274,7 +274,35 @@ def delete_job(
             out.print(f"job {name} deleted", highlight=False)
 
 
+def logs(
+    name: Annotated[str, typer.Argument(help="Job name or id.")],
+    project: ProjectOpt = "default",
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep streaming until the task ends.")
+    ] = False,
+    tail: Annotated[int | None, typer.Option("--tail", min=0, help="Only the last N lines.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only output newer than, e.g. 10m, 1h.")] = None,
+    index: Annotated[int, typer.Option("-i", "--index", min=0, help="Task index (rank) in the group.")] = 0,
+    group: Annotated[str | None, typer.Option(help="Task group (default: the job's first).")] = None,
+) -> None:
+    """Print a task's output (stdout and stderr)."""
+    if since is not None:
+        try:
+            parse_duration(since)
+        except QuantityError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
+    import sys
+
+    with server_errors(), Client() as client:
+        for chunk in client.logs(
+            name, project, group=group, index=index, follow=follow, tail=tail, since=since
+        ):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+
 def register(app: typer.Typer) -> None:
+    app.command("logs")(logs)
     app.add_typer(submit_app, name="submit")
     app.command("list")(list_jobs)
     app.command("get")(get_job)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import jobs
+from tessera.cli import jobs, local
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 jobs.register(app)
+app.command("node")(local.node)
+app.command("down")(local.down)
 
 
 @app.command()
@@ -42,6 +44,7 @@ def up(
         str | None, typer.Option(help="Simulated GPUs for this machine's node, e.g. 2xA100-80GB.")
     ] = None,
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
+    agent: Annotated[bool, typer.Option(help="Start (or reuse) this machine's node agent, detached.")] = True,
     database_url: Annotated[
         str | None,
         typer.Option(envvar="TESSERA_DATABASE_URL", help="SQLAlchemy URL; SQLite under home by default."),
@@ -54,7 +57,7 @@ def up(
     from tessera.platform.app import create_app, public_url
     from tessera.platform.settings import Settings
 
-    overrides: dict[str, object] = {"host": host, "port": port}
+    overrides: dict[str, object] = {"host": host, "port": port, "start_agent": agent}
     for key, value in (("simulate_gpus", simulate_gpus), ("home", home), ("database_url", database_url)):
         if value is not None:
             overrides[key] = value

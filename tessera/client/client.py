@@ -145,6 +145,33 @@ class Client:
     def delete_job(self, ref: str, project: str = "default") -> None:
         self.request("DELETE", f"{API}/jobs/{ref}", params={"project": project})
 
+    def logs(
+        self,
+        ref: str,
+        project: str = "default",
+        *,
+        group: str | None = None,
+        index: int = 0,
+        follow: bool = False,
+        tail: int | None = None,
+        since: str | None = None,
+    ) -> Iterator[bytes]:
+        """A task's output as it arrives (``follow`` keeps streaming until the task ends)."""
+        params: dict[str, Any] = {"project": project, "index": index, "follow": follow}
+        for key, value in (("group", group), ("tail", tail), ("since", since)):
+            if value is not None:
+                params[key] = value
+        try:
+            with self._http.stream(
+                "GET", f"{API}/jobs/{ref}/logs", params=params, timeout=httpx.Timeout(30, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(_problem(response))
+                yield from response.iter_raw()
+        except httpx.TransportError as exc:
+            raise Unreachable(f"log stream from {self.config.url} broke: {exc}") from None
+
     # cluster and tenancy -----------------------------------------------------------------
 
     def list_queues(self) -> list[Queue]:

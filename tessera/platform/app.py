@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from tessera import __version__
 from tessera.platform import controllers, problems
 from tessera.platform.metrics import Metrics
-from tessera.platform.routers import events, health, jobs, nodes, projects, queues, users
+from tessera.platform.routers import events, health, jobs, logs, nodes, projects, queues, users
 from tessera.platform.services.identity import bootstrap
 from tessera.platform.settings import Settings
 from tessera.platform.store import migrate
@@ -40,6 +40,25 @@ def public_url(settings: Settings) -> str:
     return settings.url or f"http://{host}:{settings.port}"
 
 
+def _local_agent(db: Database, settings: Settings) -> None:
+    """`tessera up`: reuse this machine's running agent, or start a detached one."""
+    from tessera.platform.backends import local
+
+    url = public_url(settings)
+    local.write_up_file(settings, url)
+    token_file = local.ensure_node_token(db, settings)
+    pid = local.agent_pid(settings)
+    if pid is not None:
+        log.info("reusing node agent %s (pid %s)", local.node_name(settings), pid)
+        return
+    local.start_agent(settings, url, token_file)
+    log.info(
+        "started node agent %s; its log: %s",
+        local.node_name(settings),
+        local.agent_dir(settings) / "agent.log",
+    )
+
+
 def create_app(settings: Settings | None = None, *, run_controllers: bool = True) -> FastAPI:
     """Build the app; the database is opened, migrated and bootstrapped in the lifespan."""
     settings = settings or Settings()
@@ -56,6 +75,8 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
         if secret is not None:
             write_credentials(settings.credentials_path, public_url(settings), secret)
             log.info("created the admin token; CLI credentials in %s", settings.credentials_path)
+        if settings.start_agent:
+            await asyncio.to_thread(_local_agent, db, settings)
         tasks = controllers.start(db, settings) if run_controllers else []
         try:
             yield
@@ -77,7 +98,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, queues, projects, users, nodes, events):
+    for module in (jobs, logs, queues, projects, users, nodes, events):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

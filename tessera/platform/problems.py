@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,6 +59,11 @@ class Forbidden(ApiError):
     title = "Forbidden"
 
 
+class Unavailable(ApiError):
+    status = 503
+    title = "Service Unavailable"
+
+
 class Gone(ApiError):
     status = 410
     title = "Gone"
@@ -72,7 +78,9 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     )
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+def _field_path(loc: tuple[Any, ...], kind: str = "") -> str:
+    if kind == "json_invalid":
+        return "body"  # pydantic locates a JSON syntax error by character offset
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header"}:
         parts = parts[1:]
@@ -95,7 +103,8 @@ def _message(error: dict[str, Any]) -> str:
 
 def validation_problem(exc: RequestValidationError) -> Problem:
     errors = [
-        FieldError(field=_field_path(tuple(e.get("loc", ()))), message=_message(e)) for e in exc.errors()
+        FieldError(field=_field_path(tuple(e.get("loc", ())), e.get("type", "")), message=_message(e))
+        for e in exc.errors()
     ]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return Problem(title="Unprocessable Content", status=422, detail=detail, errors=errors)
@@ -116,6 +125,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransition)
     async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
         return problem_response(Problem(title="Conflict", status=409, detail=str(exc)))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL character, which PostgreSQL cannot store in text; nothing was written
+        detail = "a value cannot be stored (text must not contain NUL characters; numbers must fit)"
+        return problem_response(Problem(title="Unprocessable Content", status=422, detail=detail))
 
     @app.exception_handler(StaleDataError)
     async def _stale(_: Request, exc: StaleDataError) -> JSONResponse:

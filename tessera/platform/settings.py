@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     )
     watch_poll_seconds: float = Field(default=0.2, gt=0, le=10)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    scheduler_interval: float = Field(default=0.3, gt=0, le=60, description="Seconds between cycles.")
+    node_heartbeat_timeout: float = Field(
+        default=40, gt=0, description="Seconds without a heartbeat before a node is NotReady."
+    )
+    node_name: str | None = Field(default=None, description="This machine's node name (hostname).")
+    start_agent: bool = Field(
+        default=False, description="Start (or reuse) this machine's detached node agent (tessera up)."
+    )
 
     @field_validator("simulate_gpus")
     @classmethod

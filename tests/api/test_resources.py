@@ -37,8 +37,8 @@ def test_missing_share_is_relative_to_the_chosen_gpu() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"gpu_compute": 0}, "1..100"),
-        ({"gpu_compute": 101}, "1..100"),
+        ({"gpu_compute": 0}, "greater than or equal to 1"),
+        ({"gpu_compute": 101}, "less than or equal to 100"),
         ({"gpus": 1.5}, "whole GPUs"),
         ({"gpus": 0}, "gpus must be > 0"),
         ({"gpus": -1}, "greater than or equal to 0"),

@@ -47,8 +47,8 @@ def test_gang_makes_one_task_per_worker(api: Api) -> None:
     [
         ({"gpu_memory": "-4Gi"}, "groups.0.resources.gpu_memory", "negative"),
         ({"gpu_memory": "4 gigs"}, "groups.0.resources.gpu_memory", "512Mi, 10Gi or 10GiB"),
-        ({"gpu_compute": 0}, "groups.0.resources", "gpu_compute must be a percent of one GPU in 1..100"),
-        ({"gpu_compute": 150}, "groups.0.resources", "gpu_compute"),
+        ({"gpu_compute": 0}, "groups.0.resources.gpu_compute", "greater than or equal to 1"),
+        ({"gpu_compute": 150}, "groups.0.resources.gpu_compute", "less than or equal to 100"),
         ({"memory": "-1Gi"}, "groups.0.resources.memory", "negative"),
         ({"gpus": 1.5}, "groups.0.resources", "whole GPUs"),
     ],

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tessera.platform.controllers.pending import reconcile_pending
+from tessera.platform.controllers.scheduling import SchedulingLoop
 from tests.conftest import Api, job_body
 
 A100 = {"uuid": "GPU-a", "index": 0, "model": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "simulated": True}
@@ -83,12 +84,19 @@ def test_feasibility_once_a_node_has_joined(api: Api) -> None:
     ok = api.call("POST", "/api/v1/jobs", json=job_body("fits", gpu_memory="40Gi"))
     assert ok.json()["status"]["pending_reason"]["code"] == "WaitingForScheduler"
 
-    # the controller moves jobs submitted before the node joined off "NoNodes"
+    # the scheduler gives every pending job its reason: one that never fits says so,
+    # the gang larger than the cluster waits and reserves nothing, the one that fits is bound
     assert api.call("GET", "/api/v1/jobs/huge").json()["status"]["pending_reason"]["code"] == "NoNodes"
-    assert reconcile_pending(api.db) == 1
-    assert reconcile_pending(api.db) == 0  # nothing left to change: no write at all
-    refreshed = api.call("GET", "/api/v1/jobs/huge").json()["status"]["pending_reason"]
-    assert refreshed["code"] == "WaitingForScheduler"
+    loop = SchedulingLoop(api.db)
+    loop.step()
+    jobs = {j["name"]: j["status"] for j in api.call("GET", "/api/v1/jobs").json()["items"]}
+    assert jobs["fits"]["state"] == "SCHEDULED"
+    assert jobs["gang"]["pending_reason"]["code"] == "GangTooLarge"
+    assert jobs["huge"]["pending_reason"]["code"] in ("GangTooLarge", "Unschedulable")
+    revision = api.db.current_revision()
+    loop.step()
+    loop.step()
+    assert api.db.current_revision() == revision  # nothing changed: no writes at all
 
 
 def test_deadline_fails_a_pending_job(api: Api) -> None:

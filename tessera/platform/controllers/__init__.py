@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 from fastapi.concurrency import run_in_threadpool
 
 from tessera.platform.controllers.compaction import compact_change_log
+from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.pending import reconcile_pending
+from tessera.platform.controllers.scheduling import SchedulingLoop
 from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
 
@@ -27,8 +30,12 @@ async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
 
 def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
     """Start every controller loop; the caller cancels the tasks at shutdown."""
+    scheduling = SchedulingLoop(db)
+    timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     return [
-        asyncio.create_task(_loop("pending", 2.0, lambda: reconcile_pending(db))),
+        asyncio.create_task(_loop("scheduler", settings.scheduler_interval, scheduling.step)),
+        asyncio.create_task(_loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout))),
+        asyncio.create_task(_loop("deadlines", 2.0, lambda: reconcile_pending(db))),
         asyncio.create_task(
             _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))
         ),

@@ -17,10 +17,11 @@ from tessera.platform.auth import UserPrincipal, WatchPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
 from tessera.platform.services import events as service
 from tessera.platform.store.db import Database
-from tessera.platform.store.feed import changes_after
+from tessera.platform.store.feed import Compacted, changes_after
 
 router = APIRouter(tags=["events"])
 BOOKMARK_EVERY = 5.0
+MAX_REVISION = 2**63 - 1
 
 
 @router.get("/events", response_model=list[Event])
@@ -30,7 +31,7 @@ async def list_events(
     kind: str | None = None,
     object_id: uuid.UUID | None = None,
     project: str | None = None,
-    after_revision: Annotated[int, Query(ge=0)] = 0,
+    after_revision: Annotated[int, Query(ge=0, le=MAX_REVISION)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[Event]:
     return await run_in_threadpool(
@@ -61,7 +62,9 @@ async def watch(
     db: DbDep,
     settings: SettingsDep,
     caller: WatchPrincipal,
-    since: Annotated[int, Query(ge=0, description="Stream changes after this revision.")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_REVISION, description="Stream changes after this revision.")
+    ] = 0,
     kind: Annotated[list[str] | None, Query(description="Only these kinds (job, node, ...).")] = None,
     timeout: Annotated[float, Query(gt=0, le=3600, description="Seconds before the stream ends.")] = 60,
 ) -> StreamingResponse:
@@ -79,7 +82,12 @@ async def watch(
     async def stream() -> AsyncIterator[bytes]:
         after, caught_up, last_bookmark = since, False, 0.0
         while loop.time() < deadline:
-            changes, resume = await run_in_threadpool(service.read_changes, db, caller, after, kinds)
+            try:
+                changes, resume = await run_in_threadpool(service.read_changes, db, caller, after, kinds)
+            except Compacted as exc:
+                # headers are sent: say so in-band, then end (the watcher re-lists)
+                yield (json.dumps({"type": "ERROR", "status": 410, "detail": str(exc)}) + "\n").encode()
+                return
             for change in changes:
                 line = {"type": "CHANGE", **change.model_dump(mode="json")}
                 yield (json.dumps(line) + "\n").encode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -11,6 +13,7 @@ from tessera.platform.auth import MetricsPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.store.migrate import is_current
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -25,8 +28,9 @@ async def readyz(db: DbDep) -> JSONResponse:
     """Ready when the database answers and its schema is at the newest migration."""
     try:
         current = await run_in_threadpool(is_current, db.engine)
-    except Exception as exc:  # any database failure means not ready
-        return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
+    except Exception:  # any database failure means not ready; details go to the log only
+        log.warning("readiness check failed", exc_info=True)
+        return JSONResponse({"status": "unavailable", "detail": "database unreachable"}, status_code=503)
     if not current:
         return JSONResponse({"status": "unavailable", "detail": "schema not migrated"}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -6,9 +6,12 @@ from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from tessera.api.cluster import Node, RegisterNodeRequest
+from tessera.api.common import Page
+from tessera.api.jobs import Job, TaskReports
 from tessera.platform.auth import AdminPrincipal, NodePrincipal, UserPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.services import nodes as service
+from tessera.platform.services.execution import apply_reports
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -22,6 +25,20 @@ async def register_node(req: RegisterNodeRequest, db: DbDep, _: NodePrincipal) -
 @router.post("/{name}/heartbeat", response_model=Node)
 async def heartbeat(name: str, db: DbDep, _: NodePrincipal) -> Node:
     return await run_in_threadpool(service.heartbeat, db, name)
+
+
+@router.get("/{name}/assignments", response_model=Page[Job])
+async def assignments(name: str, db: DbDep, _: NodePrincipal) -> Page[Job]:
+    """Jobs with tasks on this node; watch ``kind=job`` from ``revision`` for changes."""
+    jobs, revision = await run_in_threadpool(service.assignments, db, name)
+    return Page[Job](items=jobs, revision=revision)
+
+
+@router.post("/{name}/reports", response_model=dict[str, int])
+async def report_tasks(name: str, req: TaskReports, db: DbDep, _: NodePrincipal) -> dict[str, int]:
+    """Task states from the node's agent (idempotent; stale attempts are ignored)."""
+    applied = await run_in_threadpool(apply_reports, db, name, req.reports)
+    return {"applied": applied}
 
 
 @router.get("", response_model=list[Node])

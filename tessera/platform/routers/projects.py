@@ -41,7 +41,7 @@ async def set_member(
     return await run_in_threadpool(service.set_member, db, caller, name, user, req.role)
 
 
-@router.delete("/{name}/members/{user}", response_model=Project)
+@router.delete("/{name}/members/{user}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_member(name: str, user: str, db: DbDep, caller: UserPrincipal) -> Response:
     await run_in_threadpool(service.set_member, db, caller, name, user, None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,11 +27,11 @@ def put(tx: Tx, kind: str, row: R, render: Callable[[R], M]) -> M:
     return model
 
 
-def remove(tx: Tx, kind: str, row: Stored) -> None:
+def remove(tx: Tx, kind: str, row: Stored, tombstone: dict[str, Any] | None = None) -> None:
     """Delete ``row`` (conditionally on its version) and log the deletion."""
     tx.session.delete(row)
     tx.session.flush()
-    tx.record(kind, row.id, "delete", None)
+    tx.record(kind, row.id, "delete", tombstone)
 
 
 def emit(

@@ -74,6 +74,7 @@ def node(row: NodeRow) -> Node:
         state=NodeState(row.state),
         inventory=NodeInventory.model_validate(row.inventory),
         last_heartbeat_at=row.last_heartbeat_at,
+        agent_url=row.agent_url,
     )
 
 
@@ -84,6 +85,8 @@ def task(row: TaskRow) -> Task:
         index=row.index,
         state=TaskState(row.state),
         node=row.node,
+        attempt=row.attempt,
+        message=row.message,
         exit_code=row.exit_code,
         started_at=row.started_at,
         finished_at=row.finished_at,

@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import select
 
 from tessera.api.events import Change, Event
+from tessera.api.identity import Scope
 from tessera.platform.auth import Principal
 from tessera.platform.problems import Invalid
 from tessera.platform.services import convert
@@ -53,6 +54,8 @@ def visible_change(caller: Principal, change: Change) -> bool:
         return True
     if change.kind in _ADMIN_ONLY_KINDS:
         return False
+    if Scope.NODE in caller.scopes:
+        return True  # node agents act on every project's tasks placed on them
     if change.kind in _PROJECT_SCOPED_KINDS and change.object is not None:
         projects = caller.visible_projects() or set()
         if change.kind == "event" and change.object.get("project") is None:

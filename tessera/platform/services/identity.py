@@ -82,6 +82,11 @@ def create_token(db: Database, caller: Principal, req: CreateTokenRequest) -> Cr
             )
         if not caller.admin and not set(req.scopes) <= set(caller.scopes):
             raise Forbidden("a token can only carry scopes the creating token has")
+        expires_at = utcnow() + req.expires_in if req.expires_in else None
+        creator = tx.session.get(TokenRow, caller.token_id)
+        if creator is not None and creator.expires_at is not None:
+            # a token never outlives the token that created it
+            expires_at = min(expires_at or creator.expires_at, creator.expires_at)
         secret = new_secret()
         row = TokenRow(
             name=req.name,
@@ -89,7 +94,7 @@ def create_token(db: Database, caller: Principal, req: CreateTokenRequest) -> Cr
             secret_hash=hash_secret(secret),
             prefix=secret[:10],
             scopes=[s.value for s in req.scopes],
-            expires_at=utcnow() + req.expires_in if req.expires_in else None,
+            expires_at=expires_at,
         )
         token = put(tx, "token", row, lambda r: convert.token(r, owner.name))
     return CreatedToken(token=token, secret=secret)
@@ -120,7 +125,8 @@ def revoke_token(db: Database, caller: Principal, token_id: uuid.UUID) -> Token:
 # projects ------------------------------------------------------------------------------
 
 
-def _members(session: Session, project_id: uuid.UUID) -> list[tuple[str, str]]:
+def members(session: Session, project_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(user, role) pairs of a project."""
     return [
         (name, role)
         for name, role in session.execute(
@@ -173,7 +179,7 @@ def update_project(db: Database, name: str, req: UpdateProjectRequest) -> Projec
         row.queues, row.default_queue = list(queues), default_queue
         if req.description is not None:
             row.description = req.description
-        return put(tx, "project", row, lambda r: convert.project(r, _members(tx.session, r.id)))
+        return put(tx, "project", row, lambda r: convert.project(r, members(tx.session, r.id)))
 
 
 def list_projects(db: Database, caller: Principal) -> list[Project]:
@@ -181,7 +187,7 @@ def list_projects(db: Database, caller: Principal) -> list[Project]:
     with db.read() as session:
         rows = session.execute(select(ProjectRow).order_by(ProjectRow.name)).scalars().all()
         return [
-            convert.project(r, _members(session, r.id)) for r in rows if visible is None or r.name in visible
+            convert.project(r, members(session, r.id)) for r in rows if visible is None or r.name in visible
         ]
 
 
@@ -191,7 +197,7 @@ def get_project(db: Database, caller: Principal, name: str) -> Project:
         row = session.execute(select(ProjectRow).where(ProjectRow.name == name)).scalar_one_or_none()
         if row is None:
             raise NotFound(f"no project named {name!r}", field="name")
-        return convert.project(row, _members(session, row.id))
+        return convert.project(row, members(session, row.id))
 
 
 def set_member(db: Database, caller: Principal, project: str, user: str, role: Role | None) -> Project:
@@ -215,7 +221,7 @@ def set_member(db: Database, caller: Principal, project: str, user: str, role: R
             existing.role = role.value
             tx.stamp(existing)
         tx.session.flush()
-        return put(tx, "project", prow, lambda r: convert.project(r, _members(tx.session, r.id)))
+        return put(tx, "project", prow, lambda r: convert.project(r, members(tx.session, r.id)))
 
 
 # bootstrap -----------------------------------------------------------------------------

@@ -83,6 +83,20 @@ def render_job(session: Session, row: JobRow, *, detail: bool = True) -> Job:
 
 # transitions ---------------------------------------------------------------------------
 
+_TASK_DONE = frozenset({TaskState.SUCCEEDED.value, TaskState.FAILED.value, TaskState.CANCELLED.value})
+
+
+def _end_attempt(tx: Tx, row: JobRow, number: int, *, reason: str, at: datetime) -> None:
+    """Free the attempt's slices (they count against GPUs only while it lives) and close it."""
+    for alloc in tx.session.execute(select(AllocationRow).where(AllocationRow.job_id == row.id)).scalars():
+        tx.session.delete(alloc)
+    attempt = tx.session.execute(
+        select(AttemptRow).where(AttemptRow.job_id == row.id, AttemptRow.number == number)
+    ).scalar_one_or_none()
+    if attempt is not None and attempt.ended_at is None:
+        attempt.ended_at, attempt.reason = at, reason
+        tx.stamp(attempt)
+
 
 def apply_transition(
     tx: Tx,
@@ -106,6 +120,8 @@ def apply_transition(
     )
     row.state = moved.status.state.value
     row.status = moved.status.model_dump(mode="json")
+    if to.terminal or to is JobState.PENDING:
+        _end_attempt(tx, row, status.attempt, reason=str(moved.event.reason), at=now)
     if to.terminal:
         row.live_name = None
         task_state = {
@@ -114,10 +130,16 @@ def apply_transition(
             JobState.CANCELLED: TaskState.CANCELLED,
         }[to]
         for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
-            if task.state not in {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}:
+            if task.state not in _TASK_DONE:
                 task.state = task_state.value
                 task.finished_at = now
                 tx.stamp(task)
+    elif to is JobState.PENDING and status.state is not JobState.PENDING:
+        # a new attempt starts from scratch: tasks lose their node and results
+        for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
+            task.state, task.node, task.attempt = TaskState.PENDING.value, None, moved.status.attempt
+            task.exit_code, task.started_at, task.finished_at, task.message = None, None, None, ""
+            tx.stamp(task)
     job = put(tx, "job", row, lambda r: render_job(tx.session, r))
     draft = moved.event
     emit(
@@ -170,7 +192,10 @@ def submit_job(
                 if first is not None:
                     return first, False
         raise Conflict(
-            f"a live job named {req.name!r} already exists in project {req.project!r}", field="name"
+            f"a live job named {req.name!r} already exists in project {req.project!r}"
+            if req.name
+            else "the generated name clashed with a live job; submit again",
+            field="name",
         ) from None
 
 
@@ -219,6 +244,13 @@ def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, r
             field="name",
         )
     spec = JobSpec.model_validate({**req.model_dump(mode="json"), "name": name, "queue": queue})
+    for i, group in enumerate(spec.groups):
+        if group.image is not None:
+            raise Invalid(
+                "this cluster runs tasks as bare processes on its nodes (local backend), so it cannot "
+                "run images; drop --image, or use a cluster with a container runtime (Kubernetes)",
+                field=f"groups.{i}.image",
+            )
     nodes = inventories(tx)
     for i, group in enumerate(spec.groups):
         reason = why_unplaceable(group.resources, nodes) if nodes else None
@@ -294,7 +326,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, ident = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), uuid.UUID(ident)
+        moment = datetime.fromisoformat(created)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        return moment, uuid.UUID(ident)
     except (ValueError, TypeError):
         raise Invalid("continue is not a token returned by a previous page", field="continue") from None
 
@@ -385,6 +420,7 @@ def cancel_job(
     if_version: int | None = None,
 ) -> Job:
     """Cancel a live job (member role); cancelling a finished job is a 409."""
+    caller.roles()  # read roles before the write lock: never a second connection inside it
     with db.write() as tx:
         row = find_job(tx.session, caller, ref, project)
         job_project = tx.session.get(ProjectRow, row.project_id)
@@ -403,6 +439,7 @@ def cancel_job(
 
 def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:
     """Delete a job record; a live job is cancelled first (in the same transaction)."""
+    caller.roles()  # read roles before the write lock: never a second connection inside it
     with db.write() as tx:
         row = find_job(tx.session, caller, ref, project)
         job_project = tx.session.get(ProjectRow, row.project_id)
@@ -418,4 +455,5 @@ def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:
             reason="Deleted",
             message=f"deleted by {caller.user_name}",
         )
-        remove(tx, "job", row)
+        # the tombstone names the project, so watchers of other projects never see it
+        remove(tx, "job", row, {"name": row.name, "project": job_project.name if job_project else None})

@@ -6,11 +6,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
+from tessera.api.jobs import Job
 from tessera.platform.problems import NotFound
 from tessera.platform.services import convert
 from tessera.platform.services.common import emit, put, remove
 from tessera.platform.store.db import Database, Tx
-from tessera.platform.store.rows import NodeRow
+from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow, TaskRow
 from tessera.platform.store.types import utcnow
 
 
@@ -25,6 +26,8 @@ def register_node(db: Database, req: RegisterNodeRequest) -> Node:
         row.inventory = req.inventory.model_dump(mode="json")
         row.state = NodeState.READY.value
         row.last_heartbeat_at = utcnow()
+        row.agent_url = req.agent_url
+        row.agent_secret = req.agent_secret
         node = put(tx, "node", row, convert.node)
         gpus = len(req.inventory.gpus)
         emit(
@@ -79,3 +82,16 @@ def inventories(tx: Tx) -> list[NodeInventory]:
 
 def node_count(session: Session) -> int:
     return int(session.execute(select(func.count()).select_from(NodeRow)).scalar_one())
+
+
+def assignments(db: Database, name: str) -> tuple[list[Job], int]:
+    """Every job with a task on node ``name`` (any state), and the revision read at."""
+    from tessera.platform.services.jobs import render_job
+
+    with db.read() as session:
+        revision = session.execute(select(RevisionRow.revision)).scalar_one()
+        if session.execute(select(NodeRow.id).where(NodeRow.name == name)).first() is None:
+            raise NotFound(f"no node named {name!r}; register it first", field="name")
+        job_ids = select(TaskRow.job_id).where(TaskRow.node == name).distinct()
+        rows = session.execute(select(JobRow).where(JobRow.id.in_(job_ids))).scalars().all()
+        return [render_job(session, row) for row in rows], revision

@@ -10,6 +10,7 @@ from tessera.api.queues import DEFAULT_QUEUE, CreateQueueRequest, Queue, QueueSp
 from tessera.platform.problems import Conflict, Invalid, NotFound
 from tessera.platform.services import convert
 from tessera.platform.services.common import put, remove
+from tessera.platform.services.identity import members
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import JobRow, ProjectRow, QueueRow
 
@@ -116,5 +117,5 @@ def delete_queue(db: Database, name: str) -> None:
         for project in tx.session.execute(select(ProjectRow)).scalars():
             if name in project.queues:
                 project.queues = [q for q in project.queues if q != name]
-                put(tx, "project", project, lambda r: convert.project(r, []))
+                put(tx, "project", project, lambda r: convert.project(r, members(tx.session, r.id)))
         remove(tx, "queue", row)

@@ -72,6 +72,8 @@ class Tx:
         """Mark a row as written by this transaction."""
         row.revision = self.revision
         row.updated_at = utcnow()
+        if row.created_at is None:
+            row.created_at = row.updated_at
 
     def record(self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None) -> None:
         """Append a change to the log at this transaction's revision."""

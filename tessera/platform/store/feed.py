@@ -56,6 +56,11 @@ def changes_after(
         resume = last.revision
     elif rows:
         resume = max(resume, rows[-1].revision)
+    # a compaction committed between the reads above could have removed rows we should
+    # have returned (each statement sees its own snapshot on PostgreSQL): check again
+    compacted = session.execute(select(RevisionRow.compacted).where(RevisionRow.id == 1)).scalar_one()
+    if after < compacted:
+        raise Compacted(after, compacted)
     changes = [
         Change(revision=r.revision, kind=r.kind, id=r.entity_id, op=r.op, object=r.object) for r in rows
     ]

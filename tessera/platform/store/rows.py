@@ -140,6 +140,9 @@ class NodeRow(Stored):
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     inventory: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    agent_url: Mapped[str | None] = mapped_column(String(255))
+    # presented by the control plane when it calls the agent (logs); never rendered
+    agent_secret: Mapped[str | None] = mapped_column(String(128))
 
 
 class JobRow(Stored):
@@ -174,6 +177,8 @@ class TaskRow(Stored):
     index: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     node: Mapped[str | None] = mapped_column(String(63))
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     exit_code: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

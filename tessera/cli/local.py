@@ -1,0 +1,147 @@
+"""Local verbs: `tessera node` (the agent) and `tessera down`. Heavy imports stay lazy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tessera.cli.output import fail, out
+
+
+def node(
+    name: Annotated[str, typer.Option(help="Node name (DNS label), unique in the cluster.")],
+    state_dir: Annotated[Path, typer.Option(help="Task state, logs and the assignment cache.")],
+    url: Annotated[str | None, typer.Option(envvar="TESSERA_URL", help="Control-plane URL.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding a node-scope token.")] = None,
+    simulate_gpus: Annotated[
+        str | None, typer.Option(envvar="TESSERA_SIMULATE_GPUS", help="e.g. 2xA100-80GB (simulated).")
+    ] = None,
+    listen_host: Annotated[str, typer.Option(help="Address for the log server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Log server port (0: any free).")] = 0,
+    grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL.")] = 10,
+    heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats.")] = 5,
+) -> None:
+    """Run a node agent in the foreground: register, heartbeat, run and report tasks."""
+    import logging
+
+    from tessera.api.common import NAME_FORM, is_name
+    from tessera.client.config import resolve
+    from tessera.node.agent import Agent, AgentConfig, AgentLocked
+    from tessera.node.inventory import detect
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
+    if not is_name(name):
+        fail(f"--name {name!r} is not {NAME_FORM}", code=2)
+    token = os.environ.get("TESSERA_TOKEN")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file: cannot read {token_file}: {exc}", code=2)
+    if not token:
+        fail("a node-scope token is needed: --token-file or TESSERA_TOKEN", code=2)
+    try:
+        inventory = detect(name, simulate_gpus)
+    except ValueError as exc:
+        fail(f"--simulate-gpus: {exc}", code=2)
+    config = AgentConfig(
+        name=name,
+        state_dir=state_dir,
+        url=resolve(url, token).url,
+        token=token,
+        inventory=inventory,
+        listen_host=listen_host,
+        listen_port=port,
+        grace_seconds=grace,
+        heartbeat_seconds=heartbeat,
+    )
+    agent = Agent(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop_event.set())
+    try:
+        agent.run()
+    except AgentLocked as exc:
+        fail(str(exc))
+
+
+def down(
+    keep_tasks: Annotated[bool, typer.Option(help="Leave running tasks running (re-adopted later).")] = False,
+    home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for tasks to stop.")] = 60,
+) -> None:
+    """Stop what `tessera up` started: cancel running tasks (unless --keep-tasks), the agent, the API."""
+    from tessera.node.procs import is_alive
+    from tessera.platform.backends import local
+    from tessera.platform.settings import Settings
+
+    settings = Settings(**({"home": home} if home else {}))  # type: ignore[arg-type]
+    up_file = settings.home / "up.json"
+    if not keep_tasks and up_file.exists():
+        _cancel_all()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _live_shims(local.agent_dir(settings) / "jobs"):
+            time.sleep(0.5)
+    pid = local.agent_pid(settings)
+    if pid and pid > 0:
+        _terminate(pid, "node agent")
+    if up_file.exists():
+        doc = json.loads(up_file.read_text())
+        if doc.get("start_time") is not None and is_alive(int(doc["pid"]), int(doc["start_time"])):
+            _terminate(int(doc["pid"]), "control plane")
+        up_file.unlink(missing_ok=True)
+    out.print("tessera is down" + (" (tasks left running)" if keep_tasks else ""), highlight=False)
+
+
+def _cancel_all() -> None:
+    from tessera.api.jobs import JobState
+    from tessera.client import ApiError, Client, Unreachable
+
+    live = [s for s in JobState if not s.terminal]
+    try:
+        with Client() as client:
+            for job in client.iter_jobs(states=live, limit=500):
+                try:
+                    client.cancel_job(str(job.id))
+                    out.print(f"cancelled {job.project}/{job.name}", highlight=False)
+                except ApiError:
+                    pass  # it finished meanwhile
+    except (Unreachable, ApiError) as exc:
+        out.print(f"could not cancel jobs ({exc}); stopping anyway", highlight=False)
+
+
+def _live_shims(jobs_dir: Path) -> bool:
+    from tessera.node import shim
+    from tessera.node.procs import is_alive
+
+    if not jobs_dir.exists():
+        return False
+    for state_file in jobs_dir.glob("*/*/state.json"):
+        state = shim.read_state(state_file.parent)
+        if state is not None and state.exit_code is None and is_alive(state.shim_pid, state.shim_start_time):
+            return True
+    return False
+
+
+def _terminate(pid: int, what: str, wait: float = 15) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    from tessera.node.procs import read_stat
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        stat = read_stat(pid)
+        if stat is None or stat.state in ("Z", "X"):  # gone, or exited and awaiting its parent
+            out.print(f"stopped {what} (pid {pid})", highlight=False)
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    out.print(f"killed {what} (pid {pid}) after {wait:g}s", highlight=False)

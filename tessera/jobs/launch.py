@@ -1,0 +1,113 @@
+"""The launch contract: what a task sees when it starts, derived from its job alone.
+
+Both the node agent (to start tasks) and tests use this, so the contract is one
+function. A task gets ``CUDA_VISIBLE_DEVICES`` for its GPUs, ``TESSERA_*``
+facts about its job and slice (ids and limits), and torch's distributed
+variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``; rank 0 is the master).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass
+
+from tessera.api.jobs import Allocation, Job, JobState, Task
+
+# job states in which a task of the current attempt should be running on its node
+RUN_STATES = frozenset(
+    {JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.RESIZING, JobState.RECOVERING}
+)
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 29500, 2000
+
+
+@dataclass(frozen=True)
+class TaskLaunch:
+    """Everything a node needs to start one task of one attempt."""
+
+    job_id: uuid.UUID
+    job_name: str
+    task_id: uuid.UUID
+    group: str
+    index: int
+    attempt: int
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    image: str | None
+
+    @property
+    def key(self) -> str:
+        """Directory name of this task attempt under the agent's state dir."""
+        return f"{self.task_id}-a{self.attempt}"
+
+
+def master_port(job_id: uuid.UUID, attempt: int) -> int:
+    """A stable per-attempt port for rank 0 (the agent checks it is free before use)."""
+    return MASTER_PORT_BASE + zlib.crc32(f"{job_id}:{attempt}".encode()) % MASTER_PORT_SPAN
+
+
+def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[TaskLaunch]:
+    """Tasks of ``job``'s current attempt placed on ``node`` (empty unless it should run)."""
+    if job.status.state not in RUN_STATES:
+        return []
+    attempt = job.status.attempt
+    tasks = sorted(job.tasks, key=lambda t: (t.group, t.index))
+    world = len(tasks)
+    slices: dict[uuid.UUID, list[Allocation]] = {}
+    for alloc in job.allocations:
+        slices.setdefault(alloc.task_id, []).append(alloc)
+    out = []
+    for rank, task in enumerate(tasks):
+        if task.node != node or task.attempt != attempt:
+            continue
+        group = next(g for g in job.spec.groups if g.name == task.group)
+        env = dict(group.env)
+        env.update(_contract(job, task, slices.get(task.id, []), node, rank, world, master_addr))
+        out.append(
+            TaskLaunch(
+                job_id=job.id,
+                job_name=job.name,
+                task_id=task.id,
+                group=task.group,
+                index=task.index,
+                attempt=attempt,
+                argv=list(group.command),
+                env=env,
+                cwd=group.working_dir,
+                image=group.image,
+            )
+        )
+    return out
+
+
+def _contract(
+    job: Job, task: Task, allocs: list[Allocation], node: str, rank: int, world: int, master_addr: str
+) -> dict[str, str]:
+    gpu_allocs = sorted((a for a in allocs if a.gpu_uuid), key=lambda a: a.gpu_uuid or "")
+    env = {
+        "TESSERA_JOB_ID": str(job.id),
+        "TESSERA_JOB_NAME": job.name,
+        "TESSERA_PROJECT": job.project,
+        "TESSERA_QUEUE": job.queue,
+        "TESSERA_TASK_ID": str(task.id),
+        "TESSERA_TASK_GROUP": task.group,
+        "TESSERA_TASK_INDEX": str(task.index),
+        "TESSERA_ATTEMPT": str(job.status.attempt),
+        "TESSERA_NODE": node,
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(task.index),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port(job.id, job.status.attempt)),
+    }
+    if allocs:
+        env["TESSERA_SLICE_ID"] = ",".join(str(a.id) for a in allocs)
+    # CUDA_VISIBLE_DEVICES is always set: an empty value hides every GPU from a CPU-only task
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(a.gpu_uuid or "" for a in gpu_allocs)
+    if gpu_allocs:
+        env["TESSERA_GPU_UUIDS"] = env["CUDA_VISIBLE_DEVICES"]
+        env["TESSERA_GPU_MEMORY_MIB"] = ",".join(str(a.memory_mib) for a in gpu_allocs)
+        env["TESSERA_GPU_COMPUTE_PCT"] = ",".join(f"{a.compute_pct:g}" for a in gpu_allocs)
+    return env

@@ -1,0 +1,1 @@
+"""The node agent (`tessera node`): allocation feed, task shims, heartbeats, logs."""

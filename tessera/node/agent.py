@@ -1,0 +1,306 @@
+"""The node agent: registers, heartbeats, runs its tasks through shims and reports them.
+
+Tasks are never children of the agent: each runs under its own detached shim,
+which records pid, start time and exit code in the task's directory. So the
+agent can be killed and restarted at any time; on start it re-adopts every shim
+it finds (pid + start time), reports what happened while it was away, and
+continues. It also keeps working while the control plane is down, from its
+cached assignments, and reports once it is back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from tessera.api.cluster import NodeInventory
+from tessera.api.jobs import TaskState
+from tessera.jobs.launch import TaskLaunch, launches_for
+from tessera.node import logs, shim
+from tessera.node.feed import AssignmentFeed
+from tessera.node.procs import is_alive
+
+log = logging.getLogger(__name__)
+_SCRUB = ("TESSERA_TOKEN", "TESSERA_URL", "TESSERA_HOME")
+
+
+class AgentLocked(RuntimeError):
+    """Another agent already runs with this node name and state dir."""
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    state_dir: Path
+    url: str
+    token: str
+    inventory: NodeInventory
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    grace_seconds: float = 10
+    heartbeat_seconds: float = 5
+    poll_seconds: float = 0.5
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskDir:
+    """One task attempt on disk: jobs/<job_id>/<task_id>-a<attempt>/."""
+
+    job_id: uuid.UUID
+    task_id: uuid.UUID
+    attempt: int
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.task_id}-a{self.attempt}"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.jobs_dir = self.state_dir / "jobs"
+        self.stop_event = threading.Event()
+        self.changed = threading.Event()
+        self.secret = secrets.token_urlsafe(32)
+        self.http = httpx.Client(
+            base_url=config.url, timeout=15, headers={"Authorization": f"Bearer {config.token}"}
+        )
+        self.feed: AssignmentFeed | None = None
+        self.reported: dict[str, tuple[str, int | None]] = {}
+        self.stopping: set[str] = set()
+        self.launching: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self._lock_file: IO[str] | None = None
+        self.url = ""
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """One agent per node name and state dir: an exclusive lock held for the process's life."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(exist_ok=True)
+        handle = (self.state_dir / f"agent-{self.config.name}.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AgentLocked(
+                f"another agent for node {self.config.name!r} holds "
+                f"{self.state_dir}/agent-{self.config.name}.lock"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT set ``stop_event``)."""
+        self.lock()
+        from tessera.node.server import serve_logs
+
+        server, port = serve_logs(self, self.config.listen_host, self.config.listen_port)
+        self.url = f"http://{self.config.listen_host}:{port}"
+        self.feed = AssignmentFeed(
+            self.http, self.config.name, self.state_dir / "assignments.json", self.changed
+        )
+        threads = [
+            threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
+            threading.Thread(target=self.feed.run, args=(self.stop_event,), name="watch", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        log.info("agent %s up; logs at %s; state in %s", self.config.name, self.url, self.state_dir)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.reconcile()
+                except Exception:  # keep supervising whatever happens in one pass
+                    log.exception("reconcile pass failed")
+                self.changed.wait(self.config.poll_seconds)
+                self.changed.clear()
+        finally:
+            server.should_exit = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.http.close()
+
+    def _heartbeats(self) -> None:
+        registered = False
+        while not self.stop_event.is_set():
+            try:
+                if not registered:
+                    self._register()
+                    registered = True
+                r = self.http.post(f"/api/v1/nodes/{self.config.name}/heartbeat")
+                if r.status_code == 404:
+                    registered = False
+                    continue
+                r.raise_for_status()
+            except httpx.HTTPError as exc:
+                log.info("heartbeat failed: %s", exc)
+                registered = registered and not isinstance(exc, httpx.HTTPStatusError)
+            self.stop_event.wait(self.config.heartbeat_seconds if registered else 1)
+
+    def _register(self) -> None:
+        body = {
+            "name": self.config.name,
+            "labels": self.config.labels,
+            "inventory": self.config.inventory.model_dump(mode="json"),
+            "agent_url": self.url,
+            "agent_secret": self.secret,
+        }
+        self.http.post("/api/v1/nodes", json=body).raise_for_status()
+        self.reported.clear()  # a (re)registered node re-sends everything it knows
+        self.changed.set()
+
+    # reconcile -----------------------------------------------------------------------------
+
+    def desired(self) -> dict[str, TaskLaunch]:
+        assert self.feed is not None
+        out = {}
+        for job in self.feed.snapshot().values():
+            for launch in launches_for(job, self.config.name):
+                out[launch.key] = launch
+        return out
+
+    def task_dirs(self) -> Iterator[TaskDir]:
+        for job_dir in self.jobs_dir.iterdir() if self.jobs_dir.exists() else []:
+            for task_dir in job_dir.iterdir():
+                task, _, attempt = task_dir.name.rpartition("-a")
+                try:
+                    yield TaskDir(uuid.UUID(job_dir.name), uuid.UUID(task), int(attempt), task_dir)
+                except ValueError:
+                    continue
+
+    def reconcile(self) -> None:
+        """Start what should run, stop what should not, report what changed, clean up."""
+        assert self.feed is not None
+        desired = self.desired()
+        on_disk = {d.key: d for d in self.task_dirs()}
+        for key, launch in desired.items():
+            if key not in on_disk and key not in self.launching:
+                self.launching.add(key)
+                self._pool.submit(self._launch, launch)
+        reports = []
+        for key, task_dir in on_disk.items():
+            state = shim.read_state(task_dir.path)
+            alive = state is not None and is_alive(state.shim_pid, state.shim_start_time)
+            running = alive and state is not None and state.exit_code is None
+            if running and key not in desired and key not in self.stopping and key not in self.launching:
+                log.info("stopping task %s (no longer assigned here)", key)
+                shim.stop(task_dir.path)
+                self.stopping.add(key)
+            if alive:
+                logs.note_size(task_dir.path)
+            report = _report(task_dir, state, alive)
+            if report is not None and self.reported.get(key) != (report["state"], report["exit_code"]):
+                reports.append((key, report))
+        self._send(reports)
+        if self.feed.listed:
+            self._clean(on_disk)
+
+    def _launch(self, launch: TaskLaunch) -> None:
+        task_dir = self.jobs_dir / str(launch.job_id) / launch.key
+        try:
+            env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+            env.update(launch.env)
+            shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
+        except Exception as exc:
+            log.exception("could not launch %s", launch.key)
+            task_dir.mkdir(parents=True, exist_ok=True)
+            if shim.read_state(task_dir) is None:
+                shim.write_state(
+                    task_dir,
+                    shim.ShimState(
+                        shim_pid=0,
+                        shim_start_time=0,
+                        exit_code=127,
+                        finished_at=time.time(),
+                        start_error=f"the node could not start the task: {exc}",
+                    ),
+                )
+        finally:
+            self.launching.discard(launch.key)
+            self.changed.set()
+
+    def _send(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        if not reports:
+            return
+        try:
+            r = self.http.post(
+                f"/api/v1/nodes/{self.config.name}/reports", json={"reports": [body for _, body in reports]}
+            )
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.info("could not report %d task(s) yet: %s", len(reports), exc)
+            return
+        for key, body in reports:
+            self.reported[key] = (body["state"], body["exit_code"])
+
+    def _clean(self, on_disk: dict[str, TaskDir]) -> None:
+        """Remove the directories (and logs) of jobs that were deleted."""
+        assert self.feed is not None
+        known = set(self.feed.snapshot())
+        for task_dir in on_disk.values():
+            if task_dir.job_id in known:
+                continue
+            state = shim.read_state(task_dir.path)
+            if state is not None and is_alive(state.shim_pid, state.shim_start_time):
+                continue  # stopped above; removed once it has exited
+            shutil.rmtree(task_dir.path, ignore_errors=True)
+            self.reported.pop(task_dir.key, None)
+            self.stopping.discard(task_dir.key)
+            parent = task_dir.path.parent
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+
+    def task_path(self, job_id: uuid.UUID, key: str) -> Path:
+        return self.jobs_dir / str(job_id) / key
+
+
+def _report(task_dir: TaskDir, state: shim.ShimState | None, alive: bool) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    started = _iso(state.started_at)
+    finished = _iso(state.finished_at)
+    body: dict[str, Any] = {
+        "task_id": str(task_dir.task_id),
+        "attempt": task_dir.attempt,
+        "exit_code": state.exit_code,
+        "start_error": state.start_error,
+        "started_at": started,
+        "finished_at": finished,
+    }
+    if state.exit_code is not None:
+        body["state"] = (TaskState.SUCCEEDED if state.exit_code == 0 else TaskState.FAILED).value
+    elif alive and state.pid is not None:
+        body["state"] = TaskState.RUNNING.value
+    elif alive:
+        return None  # still starting
+    else:
+        # the shim died without recording an exit (killed -9 itself): the outcome is unknown
+        body.update(
+            state=TaskState.FAILED.value, exit_code=-1, start_error=None, finished_at=_iso(time.time())
+        )
+    return body
+
+
+def _iso(stamp: float | None) -> str | None:
+    return datetime.fromtimestamp(stamp, UTC).isoformat() if stamp else None

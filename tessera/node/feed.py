@@ -1,0 +1,119 @@
+"""The agent's view of its assignments: list + watch from the control plane, cached on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tessera.api.jobs import Job
+
+log = logging.getLogger(__name__)
+
+
+class AssignmentFeed:
+    """Jobs with tasks on this node, kept current by list + watch (resource version = revision).
+
+    The last state is written to ``assignments.json`` so the agent keeps
+    enforcing and reporting what it knew while the control plane is down.
+    """
+
+    def __init__(self, http: httpx.Client, node: str, cache: Path, on_change: threading.Event) -> None:
+        self.http = http
+        self.node = node
+        self.cache = cache
+        self.on_change = on_change
+        self.lock = threading.Lock()
+        self.jobs: dict[uuid.UUID, Job] = {}
+        self.revision = -1
+        self.listed = False  # True once a list from the control plane (not the cache) is held
+        self._load_cache()
+
+    def _load_cache(self) -> None:
+        try:
+            doc = json.loads(self.cache.read_text())
+            self.jobs = {j.id: j for j in (Job.model_validate(x) for x in doc["jobs"])}
+            self.revision = int(doc["revision"])
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("ignoring unreadable assignment cache %s: %s", self.cache, exc)
+
+    def _save_cache(self) -> None:
+        doc: dict[str, Any] = {
+            "revision": self.revision,
+            "jobs": [j.model_dump(mode="json") for j in self.jobs.values()],
+        }
+        tmp = self.cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.cache)
+
+    def snapshot(self) -> dict[uuid.UUID, Job]:
+        with self.lock:
+            return dict(self.jobs)
+
+    def relist(self) -> None:
+        response = self.http.get(f"/api/v1/nodes/{self.node}/assignments")
+        response.raise_for_status()
+        page = response.json()
+        with self.lock:
+            self.jobs = {j.id: j for j in (Job.model_validate(x) for x in page["items"])}
+            self.revision = int(page["revision"])
+            self.listed = True
+            self._save_cache()
+        self.on_change.set()
+
+    def watch_once(self, timeout: float = 30) -> None:
+        """Follow the change feed for up to ``timeout`` seconds (relisting if it was compacted)."""
+        if not self.listed:
+            self.relist()
+        params: dict[str, Any] = {"since": self.revision, "kind": "job", "timeout": timeout}
+        with self.http.stream(
+            "GET", "/api/v1/watch", params=params, timeout=httpx.Timeout(10, read=timeout + 30)
+        ) as response:
+            if response.status_code == 410:
+                self.listed = False
+                return
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if line:
+                    self._apply(json.loads(line))
+
+    def _apply(self, item: dict[str, Any]) -> None:
+        with self.lock:
+            if item["type"] == "BOOKMARK":
+                self.revision = max(self.revision, int(item["revision"]))
+                return
+            job_id = uuid.UUID(item["id"])
+            if item["op"] == "delete" or item["object"] is None:
+                changed = self.jobs.pop(job_id, None) is not None
+            else:
+                job = Job.model_validate(item["object"])
+                mine = any(t.node == self.node for t in job.tasks)
+                changed = mine or job_id in self.jobs
+                if mine or job_id in self.jobs:
+                    self.jobs[job_id] = job
+            self.revision = int(item["revision"])
+            if changed:
+                self._save_cache()
+        if changed:
+            self.on_change.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop``; back off while the control plane is unreachable."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.watch_once()
+                delay = 0.5
+            except (httpx.HTTPError, ValueError) as exc:
+                log.info("assignment watch interrupted (%s); retrying in %.1fs", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 5)
+                time.sleep(0)

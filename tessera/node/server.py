@@ -1,0 +1,70 @@
+"""The agent's small HTTP server: task logs for the control plane (bearer: the agent secret)."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Annotated
+
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
+
+from tessera.node import logs, shim
+
+if TYPE_CHECKING:
+    from tessera.node.agent import Agent
+
+
+def build_app(agent: Agent) -> FastAPI:
+    app = FastAPI(title="tessera node agent", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "node": agent.config.name}
+
+    @app.get("/jobs/{job_id}/tasks/{key}/logs")
+    def task_logs(
+        job_id: uuid.UUID,
+        key: str,
+        authorization: Annotated[str, Header()] = "",
+        follow: bool = False,
+        tail: Annotated[int | None, Query(ge=0)] = None,
+        since: Annotated[float | None, Query(ge=0, description="Seconds back from now.")] = None,
+    ) -> StreamingResponse:
+        if not hmac.compare_digest(authorization, f"Bearer {agent.secret}"):
+            raise HTTPException(401, "bad agent secret")
+        task_dir = agent.task_path(job_id, key)
+        if key != task_dir.name or not task_dir.is_dir():
+            raise HTTPException(404, f"no logs for task {key} of job {job_id} on this node")
+        path = task_dir / "output.log"
+        start = 0
+        if since is not None:
+            start = logs.offset_since(task_dir, time.time() - since)
+        if tail is not None and path.exists():
+            start = max(start, logs.offset_tail(path, tail))
+
+        def finished() -> bool:
+            state = shim.read_state(task_dir)
+            return state is None or state.exit_code is not None or agent.stop_event.is_set()
+
+        return StreamingResponse(
+            logs.stream(path, start, follow, finished), media_type="text/plain; charset=utf-8"
+        )
+
+    return app
+
+
+def serve_logs(agent: Agent, host: str, port: int) -> tuple[uvicorn.Server, int]:
+    """Start the server in a daemon thread; returns it and the port it listens on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(build_app(agent), log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="logs", daemon=True)
+    thread.start()
+    return server, int(sock.getsockname()[1])

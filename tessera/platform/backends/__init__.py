@@ -1,0 +1,1 @@
+"""Execution backends (local agents; Kubernetes and Ray later)."""

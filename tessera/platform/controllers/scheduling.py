@@ -1,0 +1,203 @@
+"""The scheduling loop: an in-memory snapshot kept current from the change feed,
+a scheduler cycle over it, then conditional binds and pending reasons.
+
+The snapshot is never re-read in full per cycle: after one initial list it is
+updated from the change log (``job`` and ``node`` changes), and re-listed only
+when the log was compacted past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+
+from tessera.api.cluster import Node, NodeState
+from tessera.api.events import Change
+from tessera.api.jobs import Job, JobState, JobStatus, PendingReason
+from tessera.platform.services import convert
+from tessera.platform.services.common import put
+from tessera.platform.services.execution import bind_job
+from tessera.platform.services.jobs import render_job
+from tessera.platform.store.db import Database
+from tessera.platform.store.feed import Compacted, changes_after
+from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow
+from tessera.platform.store.types import utcnow
+from tessera.scheduler import model
+from tessera.scheduler.firstfit import FirstFit
+
+log = logging.getLogger(__name__)
+KINDS = ("job", "node")
+
+
+@dataclass
+class ClusterView:
+    """Live jobs and nodes as of ``revision``, maintained incrementally."""
+
+    revision: int = -1
+    jobs: dict[uuid.UUID, Job] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def apply(self, change: Change) -> None:
+        if change.kind == "job":
+            if change.op == "delete" or change.object is None:
+                self.jobs.pop(change.id, None)
+                return
+            job = Job.model_validate(change.object)
+            if job.status.state.terminal:
+                self.jobs.pop(job.id, None)
+            else:
+                self.jobs[job.id] = job
+        elif change.kind == "node":
+            if change.op == "delete" or change.object is None:
+                self.nodes = {k: v for k, v in self.nodes.items() if v.id != change.id}
+            else:
+                node = Node.model_validate(change.object)
+                self.nodes[node.name] = node
+
+    def snapshot(self, now: datetime) -> model.Snapshot:
+        used_gpu: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        used_host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        pending = []
+        for job in self.jobs.values():
+            if job.status.state is JobState.PENDING:
+                groups = {g.name: g for g in job.spec.groups}
+                tasks = tuple(
+                    model.TaskRequest(
+                        task_id=t.id, group=t.group, index=t.index, resources=groups[t.group].resources
+                    )
+                    for t in sorted(job.tasks, key=lambda t: (t.group, t.index))
+                )
+                pending.append(
+                    model.PendingJob(
+                        job_id=job.id,
+                        name=job.name,
+                        queue=job.queue,
+                        priority=job.spec.priority,
+                        submitted_at=job.status.submitted_at,
+                        tasks=tasks,
+                    )
+                )
+                continue
+            for alloc in job.allocations:
+                if alloc.gpu_uuid:
+                    used_gpu[alloc.gpu_uuid][0] += alloc.memory_mib
+                    used_gpu[alloc.gpu_uuid][1] += alloc.compute_pct
+            groups = {g.name: g for g in job.spec.groups}
+            for task in job.tasks:
+                if task.node and task.attempt == job.status.attempt:
+                    used_host[task.node][0] += groups[task.group].resources.cpu
+                    used_host[task.node][1] += groups[task.group].resources.memory
+        nodes = []
+        for node in sorted(self.nodes.values(), key=lambda n: n.name):
+            gpus = tuple(
+                model.GpuState(
+                    uuid=g.uuid,
+                    index=g.index,
+                    model=g.model,
+                    memory_mib=g.memory_mib,
+                    used_memory_mib=int(used_gpu[g.uuid][0]),
+                    used_compute_pct=used_gpu[g.uuid][1],
+                    mig_mode=g.mig_mode,
+                )
+                for g in node.inventory.gpus
+            )
+            nodes.append(
+                model.NodeState(
+                    name=node.name,
+                    ready=node.state is NodeState.READY,
+                    cpu=node.inventory.cpu,
+                    memory_mib=node.inventory.memory,
+                    gpus=gpus,
+                    used_cpu=used_host[node.name][0],
+                    used_memory_mib=int(used_host[node.name][1]),
+                )
+            )
+        return model.Snapshot(nodes=tuple(nodes), pending=tuple(pending), now=now)
+
+
+class SchedulingLoop:
+    """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically)."""
+
+    def __init__(self, db: Database, scheduler: model.Scheduler | None = None) -> None:
+        self.db = db
+        self.scheduler = scheduler or FirstFit()
+        self.view = ClusterView()
+        self._dirty = True
+
+    def sync(self) -> None:
+        """Bring the view up to date: a full list once, then the change feed."""
+        if self.view.revision < 0:
+            self._relist()
+            return
+        while True:
+            try:
+                with self.db.read() as session:
+                    changes, resume = changes_after(session, self.view.revision, kinds=KINDS)
+            except Compacted:
+                self._relist()
+                return
+            for change in changes:
+                self.view.apply(change)
+            self._dirty |= bool(changes)
+            self.view.revision = resume
+            if not changes:
+                return
+
+    def _relist(self) -> None:
+        view = ClusterView()
+        with self.db.read() as session:
+            view.revision = session.execute(select(RevisionRow.revision)).scalar_one()
+            for row in session.execute(select(JobRow).where(JobRow.live_name.is_not(None))).scalars():
+                job = render_job(session, row)
+                view.jobs[job.id] = job
+            for node_row in session.execute(select(NodeRow)).scalars():
+                view.nodes[node_row.name] = convert.node(node_row)
+        self.view, self._dirty = view, True
+
+    def step(self, now: datetime | None = None) -> model.Decisions | None:
+        """Sync, and run a cycle if anything changed since the last one."""
+        self.sync()
+        if not self._dirty:
+            return None
+        decisions = self.scheduler.cycle(self.view.snapshot(now or utcnow()))
+        self._apply(decisions)
+        self._dirty = bool(decisions.binds)  # after binds, look again next time
+        return decisions
+
+    def _apply(self, decisions: model.Decisions) -> None:
+        for bind in decisions.binds:
+            job = self.view.jobs.get(bind.job_id)
+            if job is None:
+                continue
+            try:
+                with self.db.write() as tx:
+                    bound = bind_job(tx, bind.job_id, job.version, bind)
+            except Exception:
+                log.exception("bind of job %s failed", bind.job_id)
+                bound = False
+            if not bound:
+                self._dirty = True
+        stale = {
+            job_id: reason
+            for job_id, reason in decisions.pending.items()
+            if (job := self.view.jobs.get(job_id)) is not None and job.status.pending_reason != reason
+        }
+        if stale:
+            self._write_reasons(stale)
+
+    def _write_reasons(self, reasons: dict[uuid.UUID, PendingReason]) -> None:
+        with self.db.write() as tx:
+            for job_id, reason in reasons.items():
+                row = tx.session.get(JobRow, job_id)
+                if row is None or row.state != JobState.PENDING.value:
+                    continue
+                status = JobStatus.model_validate(row.status)
+                if status.pending_reason == reason:
+                    continue
+                row.status = status.model_copy(update={"pending_reason": reason}).model_dump(mode="json")
+                put(tx, "job", row, lambda r: render_job(tx.session, r))

@@ -1,0 +1,70 @@
+"""/api/v1/jobs/{ref}/logs: streamed from the node agent that ran the task."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from tessera.api.common import Duration
+from tessera.platform.auth import UserPrincipal
+from tessera.platform.deps import DbDep
+from tessera.platform.problems import ApiError, Unavailable
+from tessera.platform.services.logs import log_target
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get(
+    "/jobs/{ref}/logs", response_class=StreamingResponse, responses={200: {"content": {"text/plain": {}}}}
+)
+async def job_logs(
+    ref: str,
+    db: DbDep,
+    caller: UserPrincipal,
+    project: str = "default",
+    group: str | None = None,
+    index: Annotated[int, Query(ge=0, description="Task index within the group (-i).")] = 0,
+    follow: bool = False,
+    tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
+    since: Annotated[Duration | None, Query(description="Only output newer than this, e.g. 10m.")] = None,
+) -> StreamingResponse:
+    """A task's output (stdout and stderr together), optionally followed live."""
+    target = await run_in_threadpool(log_target, db, caller, ref, project, group, index)
+    params: dict[str, str] = {"follow": str(follow).lower()}
+    if tail is not None:
+        params["tail"] = str(tail)
+    if since is not None:
+        params["since"] = str(since.total_seconds())
+    client = httpx.AsyncClient(
+        base_url=target.agent_url,
+        timeout=httpx.Timeout(30, read=None),
+        headers={"Authorization": f"Bearer {target.agent_secret}"},
+    )
+    try:
+        upstream = await client.send(client.build_request("GET", target.path, params=params), stream=True)
+    except httpx.TransportError as exc:
+        await client.aclose()
+        raise Unavailable(f"the node agent at {target.agent_url} is unreachable: {exc}") from None
+    if upstream.status_code != 200:
+        body = (await upstream.aread()).decode(errors="replace")[:500]
+        await upstream.aclose()
+        await client.aclose()
+        error = ApiError(f"node agent answered {upstream.status_code}: {body}")
+        error.status = 404 if upstream.status_code == 404 else 502
+        error.title = "Not Found" if upstream.status_code == 404 else "Bad Gateway"
+        raise error
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            await client.aclose()
+
+    return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")

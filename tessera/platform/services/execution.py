@@ -1,0 +1,258 @@
+"""Binding jobs to slices and driving their lifecycle from node agents' task reports."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+
+from sqlalchemy import func, select
+
+from tessera.api.cluster import NodeInventory
+from tessera.api.jobs import JobSpec, JobState, JobStatus, TaskReport, TaskState, TerminalReason
+from tessera.platform.services.jobs import apply_transition
+from tessera.platform.store.db import Database, Tx
+from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, TaskRow
+from tessera.platform.store.types import utcnow
+from tessera.scheduler.model import Bind
+
+log = logging.getLogger(__name__)
+EPSILON = 1e-6
+# attempts that ended this way spend the job's retry budget (preemption and requeues do not)
+_FAILURES = frozenset(
+    {
+        TerminalReason.ERROR.value,
+        TerminalReason.SLICE_OOM.value,
+        TerminalReason.HOST_OOM.value,
+        TerminalReason.NODE_LOST.value,
+        "TaskFailed",
+    }
+)
+
+
+# binding -------------------------------------------------------------------------------
+
+
+def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
+    """Bind a PENDING job to its slices, conditionally on the version the scheduler saw.
+
+    The GPUs' current allocations are re-checked inside the transaction, so even a
+    stale or second scheduler can never over-commit a GPU. Returns whether it bound.
+    """
+    session = tx.session
+    row = session.get(JobRow, job_id)
+    if row is None or row.version != version or row.state != JobState.PENDING.value:
+        return False
+    if not _capacity_holds(tx, bind):
+        log.warning("bind of %s refused: capacity changed since the snapshot", job_id)
+        return False
+    attempt = JobStatus.model_validate(row.status).attempt
+    task_nodes = bind.task_nodes()
+    tasks = {t.id: t for t in session.execute(select(TaskRow).where(TaskRow.job_id == job_id)).scalars()}
+    if set(task_nodes) != set(tasks):
+        return False  # the gang must be bound whole
+    for placement in bind.placements:
+        session.add(
+            AllocationRow(
+                job_id=job_id,
+                task_id=placement.task_id,
+                node=placement.node,
+                gpu_uuid=placement.gpu_uuid,
+                memory_mib=placement.memory_mib,
+                compute_pct=placement.compute_pct,
+                tier="bookkeeping" if placement.gpu_uuid else None,
+                revision=tx.revision,
+            )
+        )
+    for task_id, node in task_nodes.items():
+        task = tasks[task_id]
+        task.node, task.attempt, task.state = node, attempt, TaskState.PENDING.value
+        tx.stamp(task)
+    nodes = sorted(set(task_nodes.values()))
+    session.add(
+        AttemptRow(job_id=job_id, number=attempt, started_at=utcnow(), nodes=nodes, revision=tx.revision)
+    )
+    session.flush()
+    apply_transition(tx, row, JobState.SCHEDULED, message=f"bound to {', '.join(nodes)}")
+    return True
+
+
+def _capacity_holds(tx: Tx, bind: Bind) -> bool:
+    nodes = {p.node for p in bind.placements}
+    inventories = {
+        name: NodeInventory.model_validate(inv)
+        for name, inv in tx.session.execute(
+            select(NodeRow.name, NodeRow.inventory).where(NodeRow.name.in_(sorted(nodes)))
+        ).all()
+    }
+    if set(inventories) != nodes:
+        return False
+    used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for gpu, memory, compute in tx.session.execute(
+        select(
+            AllocationRow.gpu_uuid, func.sum(AllocationRow.memory_mib), func.sum(AllocationRow.compute_pct)
+        )
+        .where(AllocationRow.node.in_(sorted(nodes)), AllocationRow.gpu_uuid.is_not(None))
+        .group_by(AllocationRow.gpu_uuid)
+    ).all():
+        if gpu is not None:
+            used[gpu] = [float(memory or 0), float(compute or 0)]
+    capacity = {g.uuid: g.memory_mib for inv in inventories.values() for g in inv.gpus}
+    for p in bind.placements:
+        if p.gpu_uuid is None:
+            continue
+        if p.gpu_uuid not in capacity:
+            return False
+        used[p.gpu_uuid][0] += p.memory_mib
+        used[p.gpu_uuid][1] += p.compute_pct
+    return all(
+        mem <= capacity[gpu] + EPSILON and comp <= 100 + EPSILON
+        for gpu, (mem, comp) in used.items()
+        if gpu in capacity
+    )
+
+
+# task reports --------------------------------------------------------------------------
+
+
+def apply_reports(db: Database, node: str, reports: list[TaskReport]) -> int:
+    """Record task reports from ``node``'s agent and move jobs accordingly.
+
+    Reports are idempotent: the agent re-sends after restarts. A report for
+    another node's task or an older attempt is ignored. Returns how many applied.
+    """
+    applied = 0
+    with db.write() as tx:
+        touched: dict[uuid.UUID, JobRow] = {}
+        for report in reports:
+            task = tx.session.get(TaskRow, report.task_id)
+            if task is None or task.node != node or task.attempt != report.attempt:
+                continue
+            job = tx.session.get(JobRow, task.job_id)
+            if job is None or JobStatus.model_validate(job.status).attempt != report.attempt:
+                continue
+            if _record(tx, task, report):
+                applied += 1
+                touched[job.id] = job
+        for job in touched.values():
+            _advance(tx, job)
+    return applied
+
+
+def _record(tx: Tx, task: TaskRow, report: TaskReport) -> bool:
+    done = task.state in {TaskState.SUCCEEDED.value, TaskState.FAILED.value, TaskState.CANCELLED.value}
+    changed = False
+    if report.exit_code is not None and task.exit_code != report.exit_code:
+        task.exit_code, changed = report.exit_code, True
+    if report.started_at and task.started_at is None:
+        task.started_at, changed = report.started_at, True
+    if report.finished_at and task.finished_at is None:
+        task.finished_at, changed = report.finished_at, True
+    if report.start_error and task.message != report.start_error:
+        task.message, changed = report.start_error, True
+    # a cancelled job's tasks stay CANCELLED, but their exit codes are still recorded
+    if not done and task.state != report.state.value:
+        task.state, changed = report.state.value, True
+    if changed:
+        tx.stamp(task)
+    return changed
+
+
+def _advance(tx: Tx, job: JobRow) -> None:
+    """Move a job as far as its tasks' states say (SCHEDULED -> ... -> terminal)."""
+    state = JobState(job.state)
+    if state.terminal or state is JobState.PENDING:
+        return
+    attempt = JobStatus.model_validate(job.status).attempt
+    tasks = list(
+        tx.session.execute(
+            select(TaskRow).where(TaskRow.job_id == job.id, TaskRow.attempt == attempt)
+        ).scalars()
+    )
+    states = [TaskState(t.state) for t in tasks]
+    started = [s is not TaskState.PENDING for s in states]
+    start_errors = [t for t in tasks if t.message and t.state == TaskState.FAILED.value]
+    if start_errors and state in (JobState.SCHEDULED, JobState.STARTING):
+        first = start_errors[0]
+        apply_transition(
+            tx,
+            job,
+            JobState.FAILED,
+            reason=TerminalReason.START_ERROR,
+            message=f"{first.group_name}-{first.index}: {first.message}",
+            exit_code=first.exit_code,
+        )
+        return
+    if state is JobState.SCHEDULED and any(started):
+        apply_transition(tx, job, JobState.STARTING, message="node agent accepted the tasks")
+        state = JobState.STARTING
+    if state is JobState.STARTING and all(started):
+        apply_transition(tx, job, JobState.RUNNING, message=f"all {len(tasks)} task(s) started")
+        state = JobState.RUNNING
+    if state is not JobState.RUNNING:
+        return
+    failed = [t for t in tasks if t.state == TaskState.FAILED.value]
+    if failed:
+        first = failed[0]
+        what = f"task {first.group_name}-{first.index} exited with code {first.exit_code}"
+        _fail_or_retry(tx, job, TerminalReason.ERROR, what, first.exit_code)
+    elif all(s is TaskState.SUCCEEDED for s in states):
+        apply_transition(
+            tx, job, JobState.SUCCEEDED, message=f"all {len(tasks)} task(s) exited 0", exit_code=0
+        )
+
+
+def _fail_or_retry(
+    tx: Tx, job: JobRow, reason: TerminalReason, message: str, exit_code: int | None = None
+) -> None:
+    """Requeue as a new attempt while the retry budget lasts, else fail with ``reason``."""
+    spec = JobSpec.model_validate(job.spec)
+    spent = tx.session.execute(
+        select(func.count())
+        .select_from(AttemptRow)
+        .where(AttemptRow.job_id == job.id, AttemptRow.reason.in_(sorted(_FAILURES)))
+    ).scalar_one()
+    if spent < spec.retry.max_retries:
+        left = spec.retry.max_retries - spent - 1
+        apply_transition(
+            tx,
+            job,
+            JobState.PENDING,
+            reason=reason.value,
+            message=f"{message}; retrying ({left} retr{'y' if left == 1 else 'ies'} left)",
+        )
+    elif spec.retry.max_retries:
+        apply_transition(
+            tx,
+            job,
+            JobState.FAILED,
+            reason=TerminalReason.RETRIES_EXHAUSTED,
+            message=f"{message} ({reason.value}); all {spent} retries spent",
+            exit_code=exit_code,
+        )
+    else:
+        apply_transition(tx, job, JobState.FAILED, reason=reason, message=message, exit_code=exit_code)
+
+
+def node_lost(tx: Tx, node: str) -> int:
+    """Jobs with tasks on a lost node: not yet running -> requeue; running -> retry or NodeLost."""
+    moved = 0
+    rows = (
+        tx.session.execute(
+            select(JobRow)
+            .join(TaskRow, TaskRow.job_id == JobRow.id)
+            .where(TaskRow.node == node, JobRow.live_name.is_not(None))
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
+    for job in rows:
+        state = JobState(job.state)
+        if state in (JobState.SCHEDULED, JobState.STARTING):
+            apply_transition(tx, job, JobState.PENDING, message=f"node {node} lost before start")
+            moved += 1
+        elif state is JobState.RUNNING:
+            _fail_or_retry(tx, job, TerminalReason.NODE_LOST, f"node {node} stopped heartbeating")
+            moved += 1
+    return moved

@@ -1,0 +1,157 @@
+"""The scheduler interface: a snapshot of the cluster and queue in, decisions out.
+
+Everything here is an immutable value. A scheduler sees nothing but the
+:class:`Snapshot` it is given (including ``now``), so a cycle is a pure
+function and can be replayed, simulated and tested without a database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from tessera.api.jobs import PendingReason
+from tessera.api.resources import Resources
+
+# Float compute shares are summed across slices; a tolerance keeps e.g. ten
+# 10% slices (or three 1/3 shares) from being refused as 100.0000001%.
+COMPUTE_EPSILON = 1e-6
+
+# Pending reason codes (PendingReason.code).
+NO_NODES = "NoNodes"
+"""No node has joined the cluster yet."""
+NO_READY_NODES = "NoReadyNodes"
+"""Nodes have joined, but none is Ready."""
+UNSCHEDULABLE = "Unschedulable"
+"""The job does not fit now; the message says which task and what is short."""
+GANG_TOO_LARGE = "GangTooLarge"
+"""The job's tasks together need more than the whole cluster could hold even if empty."""
+
+NO_NODES_MESSAGE = "no node has joined yet"
+NO_READY_NODES_MESSAGE = "no node is Ready"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """One physical GPU and how much of it is already allocated."""
+
+    uuid: str
+    index: int
+    model: str
+    memory_mib: int
+    used_memory_mib: int = 0
+    used_compute_pct: float = 0.0
+    mig_mode: bool = False
+
+    @property
+    def free_memory_mib(self) -> int:
+        """Unallocated memory; never negative, even if the snapshot is over-committed."""
+        return max(0, self.memory_mib - self.used_memory_mib)
+
+    @property
+    def free_compute_pct(self) -> float:
+        """Unallocated compute percent; never negative."""
+        return max(0.0, 100.0 - self.used_compute_pct)
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing at all is allocated on this GPU."""
+        return self.used_memory_mib == 0 and self.used_compute_pct <= COMPUTE_EPSILON
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One node: readiness, host capacity, GPUs and what is already allocated."""
+
+    name: str
+    ready: bool
+    cpu: float
+    memory_mib: int
+    gpus: tuple[GpuState, ...]
+    used_cpu: float = 0.0
+    used_memory_mib: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One task of a pending job and what it asks for."""
+
+    task_id: uuid.UUID
+    group: str
+    index: int
+    resources: Resources
+
+    @property
+    def label(self) -> str:
+        """The name users see in messages, e.g. ``worker-0``."""
+        return f"{self.group}-{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """A job waiting to be placed; its tasks form one all-or-nothing gang."""
+
+    job_id: uuid.UUID
+    name: str
+    queue: str
+    priority: int
+    submitted_at: datetime
+    tasks: tuple[TaskRequest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scheduling cycle may look at."""
+
+    nodes: tuple[NodeState, ...]
+    pending: tuple[PendingJob, ...]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePlacement:
+    """One GPU (or share of one) given to a task.
+
+    A task gets one placement per GPU it occupies; a CPU-only task gets exactly
+    one placement with ``gpu_uuid``/``gpu_index`` None and no GPU memory or compute.
+    """
+
+    task_id: uuid.UUID
+    node: str
+    gpu_uuid: str | None
+    gpu_index: int | None
+    memory_mib: int
+    compute_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """Place every task of one job: the complete gang, never part of it."""
+
+    job_id: uuid.UUID
+    placements: tuple[SlicePlacement, ...]
+
+    def task_nodes(self) -> dict[uuid.UUID, str]:
+        """The node each task runs on (all placements of a task share one node)."""
+        return {p.task_id: p.node for p in self.placements}
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """What a cycle decided: jobs to bind, and why every other pending job waits."""
+
+    binds: tuple[Bind, ...]
+    pending: dict[uuid.UUID, PendingReason]
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """A scheduling policy: one pure cycle from snapshot to decisions."""
+
+    name: str
+
+    def cycle(self, snapshot: Snapshot) -> Decisions:
+        """Decide binds and pending reasons for this snapshot; same snapshot, same decisions."""
+        ...
