@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= auto
+# no NVIDIA GPU here: `make up` offers simulated ones (labelled simulated everywhere)
+SIMULATE_GPUS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo 2xA100-80GB)
 
 .PHONY: up test lint bench install test-deps clean
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: install
-	$(BIN)/tessera up
+	$(BIN)/tessera up $(if $(SIMULATE_GPUS),--simulate-gpus $(SIMULATE_GPUS))
 
 test-deps:
 	scripts/install-test-deps
@@ -31,6 +33,7 @@ lint: install
 
 bench: install test-deps
 	$(BIN)/python -m bench.api_submit
+	$(BIN)/python -m bench.execution
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -230,7 +230,7 @@ def get_job(
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.print(f"[bold]{key.ljust(width)}[/bold]  {value}", highlight=False)
-    if output is Format.WIDE and job.tasks:
+    if job.tasks:
         out.print()
         table(
             ["TASK", "STATE", "NODE", "EXIT"],
