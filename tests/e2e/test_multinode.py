@@ -20,26 +20,51 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 def start_second_node(cluster: LocalCluster, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
     assert cluster.api("POST", "/api/v1/users", json={"name": f"agent-{name}"}).status_code == 201
-    r = cluster.api("POST", "/api/v1/tokens",
-                    json={"name": name, "user": f"agent-{name}", "scopes": ["node"]})
+    r = cluster.api(
+        "POST", "/api/v1/tokens", json={"name": name, "user": f"agent-{name}", "scopes": ["node"]}
+    )
     token_file = tmp_path / f"{name}.token"
     token_file.write_text(r.json()["secret"])
     agent = subprocess.Popen(
-        [TESSERA, "node", "--name", name, "--state-dir", str(tmp_path / name), "--url", cluster.url,
-         "--token-file", str(token_file), "--simulate-gpus", "2xA100-80GB"],
-        env=cluster.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            TESSERA,
+            "node",
+            "--name",
+            name,
+            "--state-dir",
+            str(tmp_path / name),
+            "--url",
+            cluster.url,
+            "--token-file",
+            str(token_file),
+            "--simulate-gpus",
+            "2xA100-80GB",
+        ],
+        env=cluster.env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    wait_until(lambda: any(n["name"] == name and n["state"] == "Ready"
-                           for n in cluster.api("GET", "/api/v1/nodes").json()), 30)
+    wait_until(
+        lambda: any(
+            n["name"] == name and n["state"] == "Ready" for n in cluster.api("GET", "/api/v1/nodes").json()
+        ),
+        30,
+    )
     return agent
 
 
 def test_gang_across_two_nodes(cluster: LocalCluster, tmp_path: Path) -> None:
     agent = start_second_node(cluster, tmp_path, "node-b")
     try:
-        cluster.submit("ddp", "sh", "-c", "echo rank=$RANK world=$WORLD_SIZE gpus=$CUDA_VISIBLE_DEVICES "
-                       "master=$MASTER_ADDR:$MASTER_PORT", flags=("--workers", "2", "--gpus", "2"))
+        cluster.submit(
+            "ddp",
+            "sh",
+            "-c",
+            "echo rank=$RANK world=$WORLD_SIZE gpus=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR:$MASTER_PORT",
+            flags=("--workers", "2", "--gpus", "2"),
+        )
         job = cluster.wait_state("ddp", "SUCCEEDED")
         nodes = sorted(t["node"] for t in job["tasks"])
         assert len(set(nodes)) == 2 and "node-b" in nodes  # each task needs both GPUs of a node
@@ -49,8 +74,13 @@ def test_gang_across_two_nodes(cluster: LocalCluster, tmp_path: Path) -> None:
         assert all(len(o.split("gpus=")[1].split()[0].split(",")) == 2 for o in outputs)
         # a 3-task gang of 2-GPU tasks can never fit two 2-GPU nodes: it waits, holding nothing
         cluster.submit("big", "true", flags=("--workers", "3", "--gpus", "2"))
-        reason = wait_until(lambda: cluster.job("big")["status"]["pending_reason"]["code"] == "GangTooLarge"
-                            and cluster.job("big"), 20)
+        reason = wait_until(
+            lambda: (
+                cluster.job("big")["status"]["pending_reason"]["code"] == "GangTooLarge"
+                and cluster.job("big")
+            ),
+            20,
+        )
         assert reason["allocations"] == []
     finally:
         agent.terminate()
