@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -35,7 +36,9 @@ from tessera.node.feed import AssignmentFeed
 from tessera.node.procs import is_alive
 
 log = logging.getLogger(__name__)
-_SCRUB = ("TESSERA_TOKEN", "TESSERA_URL", "TESSERA_HOME")
+LAUNCH_TIMEOUT = 60.0  # seconds a task dir may lack a state file before it counts as a failed start
+REPORT_BATCH = 500
+MAX_MESSAGE = 1000
 
 
 class AgentLocked(RuntimeError):
@@ -85,6 +88,7 @@ class Agent:
         self.feed: AssignmentFeed | None = None
         self.reported: dict[str, tuple[str, int | None]] = {}
         self.stopping: set[str] = set()
+        self.final: set[str] = set()  # attempts whose final report the control plane acknowledged
         self.launching: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
         self._lock_file: IO[str] | None = None
@@ -94,8 +98,10 @@ class Agent:
 
     def lock(self) -> None:
         """One agent per node name and state dir: an exclusive lock held for the process's life."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.jobs_dir.mkdir(exist_ok=True)
+        # task specs (env), assignments and output are private to the node's operator
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
+        self.jobs_dir.mkdir(exist_ok=True, mode=0o700)
         handle = (self.state_dir / f"agent-{self.config.name}.lock").open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,6 +174,7 @@ class Agent:
         }
         self.http.post("/api/v1/nodes", json=body).raise_for_status()
         self.reported.clear()  # a (re)registered node re-sends everything it knows
+        self.final.clear()
         self.changed.set()
 
     # reconcile -----------------------------------------------------------------------------
@@ -182,7 +189,11 @@ class Agent:
 
     def task_dirs(self) -> Iterator[TaskDir]:
         for job_dir in self.jobs_dir.iterdir() if self.jobs_dir.exists() else []:
+            if not job_dir.is_dir():
+                continue
             for task_dir in job_dir.iterdir():
+                if not task_dir.is_dir():
+                    continue
                 task, _, attempt = task_dir.name.rpartition("-a")
                 try:
                     yield TaskDir(uuid.UUID(job_dir.name), uuid.UUID(task), int(attempt), task_dir)
@@ -200,26 +211,65 @@ class Agent:
                 self._pool.submit(self._launch, launch)
         reports = []
         for key, task_dir in on_disk.items():
-            state = shim.read_state(task_dir.path)
-            alive = state is not None and is_alive(state.shim_pid, state.shim_start_time)
-            running = alive and state is not None and state.exit_code is None
-            if running and key not in desired and key not in self.stopping and key not in self.launching:
-                log.info("stopping task %s (no longer assigned here)", key)
-                shim.stop(task_dir.path)
-                self.stopping.add(key)
-            if alive:
-                logs.note_size(task_dir.path)
-            report = _report(task_dir, state, alive)
+            if key in self.final:
+                continue  # its outcome is reported and acknowledged: nothing can change
+            try:
+                report = self._observe(key, task_dir, key in desired)
+            except Exception:  # one broken task directory must not stop the others' reports
+                log.exception("cannot observe task %s", key)
+                continue
             if report is not None and self.reported.get(key) != (report["state"], report["exit_code"]):
                 reports.append((key, report))
         self._send(reports)
         if self.feed.listed:
             self._clean(on_disk)
 
+    def _observe(self, key: str, task_dir: TaskDir, wanted: bool) -> dict[str, Any] | None:
+        """Look at one task attempt: stop it if unwanted, and say what to report."""
+        assert self.feed is not None
+        state = shim.read_state(task_dir.path)
+        if state is None:
+            # launched but no state yet: give the shim time, then call it a failed start
+            age = time.time() - task_dir.path.stat().st_mtime
+            if key in self.launching or age < LAUNCH_TIMEOUT:
+                return None
+            state = shim.ShimState(
+                shim_pid=0,
+                shim_start_time=0,
+                exit_code=127,
+                finished_at=time.time(),
+                start_error="the task's supervisor never started",
+            )
+            shim.write_state(task_dir.path, state)
+        # liveness first, then the state again: an exit recorded in between is not lost
+        alive = is_alive(state.shim_pid, state.shim_start_time)
+        if not alive:
+            state = shim.read_state(task_dir.path) or state
+        running = alive and state.exit_code is None
+        # only a control plane's list (not the disk cache) may make the agent stop a task
+        if (
+            running
+            and not wanted
+            and self.feed.listed
+            and key not in self.stopping
+            and key not in self.launching
+        ):
+            log.info("stopping task %s (no longer assigned here)", key)
+            shim.stop(task_dir.path)
+            self.stopping.add(key)
+        if running:
+            logs.note_size(task_dir.path)
+        if not alive and state.exit_code is None:
+            _kill_orphan(state)
+        return _report(task_dir, state, alive)
+
     def _launch(self, launch: TaskLaunch) -> None:
         task_dir = self.jobs_dir / str(launch.job_id) / launch.key
         try:
-            env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+            if launch.key not in self.desired():
+                return  # cancelled while it waited for a launch slot
+            # the agent's own settings (database URL, tokens) are never a task's business
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
             env.update(launch.env)
             shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
         except Exception as exc:
@@ -241,25 +291,39 @@ class Agent:
             self.changed.set()
 
     def _send(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        if not reports:
-            return
+        for i in range(0, len(reports), REPORT_BATCH):
+            batch = reports[i : i + REPORT_BATCH]
+            status = self._post_reports(batch)
+            if status == 422:
+                # one malformed report must not block the others forever: send singly, drop the bad
+                for item in batch:
+                    if self._post_reports([item]) == 422:
+                        log.error("control plane refused report %s; dropping it", item[1])
+                        self.reported[item[0]] = (item[1]["state"], item[1]["exit_code"])
+
+    def _post_reports(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
         try:
             r = self.http.post(
-                f"/api/v1/nodes/{self.config.name}/reports", json={"reports": [body for _, body in reports]}
+                f"/api/v1/nodes/{self.config.name}/reports", json={"reports": [body for _, body in batch]}
             )
-            r.raise_for_status()
         except httpx.HTTPError as exc:
-            log.info("could not report %d task(s) yet: %s", len(reports), exc)
-            return
-        for key, body in reports:
+            log.info("could not report %d task(s) yet: %s", len(batch), exc)
+            return 0
+        if r.status_code != 200:
+            log.info("reports answered %s: %s", r.status_code, r.text[:300])
+            return r.status_code
+        for key, body in batch:
             self.reported[key] = (body["state"], body["exit_code"])
+            if body["state"] in _FINAL:
+                self.final.add(key)
+        return 200
 
     def _clean(self, on_disk: dict[str, TaskDir]) -> None:
         """Remove the directories (and logs) of jobs that were deleted."""
         assert self.feed is not None
         known = set(self.feed.snapshot())
         for task_dir in on_disk.values():
-            if task_dir.job_id in known:
+            if task_dir.job_id in known or task_dir.key in self.launching:
                 continue
             state = shim.read_state(task_dir.path)
             if state is not None and is_alive(state.shim_pid, state.shim_start_time):
@@ -267,12 +331,27 @@ class Agent:
             shutil.rmtree(task_dir.path, ignore_errors=True)
             self.reported.pop(task_dir.key, None)
             self.stopping.discard(task_dir.key)
+            self.final.discard(task_dir.key)
             parent = task_dir.path.parent
             if parent.exists() and not any(parent.iterdir()):
                 parent.rmdir()
 
     def task_path(self, job_id: uuid.UUID, key: str) -> Path:
         return self.jobs_dir / str(job_id) / key
+
+
+_FINAL = frozenset({TaskState.SUCCEEDED.value, TaskState.FAILED.value})
+
+
+def _kill_orphan(state: shim.ShimState) -> None:
+    """The shim died without recording an exit: kill its task if it still runs (pid + start time)."""
+    if state.pid is None or state.pid_start_time is None or not is_alive(state.pid, state.pid_start_time):
+        return
+    log.warning("shim of task pid %s is gone; killing the orphaned task group", state.pid)
+    try:
+        os.killpg(state.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _report(task_dir: TaskDir, state: shim.ShimState | None, alive: bool) -> dict[str, Any] | None:

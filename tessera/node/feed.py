@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,10 @@ import httpx
 from tessera.api.jobs import Job
 
 log = logging.getLogger(__name__)
+
+
+class Relist(Exception):
+    """The feed's history no longer reaches our revision: list again."""
 
 
 class AssignmentFeed:
@@ -51,7 +54,11 @@ class AssignmentFeed:
             "jobs": [j.model_dump(mode="json") for j in self.jobs.values()],
         }
         tmp = self.cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(doc))
+            fh.flush()
+            os.fsync(fh.fileno())  # a crash must never leave an empty cache behind
         os.replace(tmp, self.cache)
 
     def snapshot(self) -> dict[uuid.UUID, Job]:
@@ -86,6 +93,8 @@ class AssignmentFeed:
                     self._apply(json.loads(line))
 
     def _apply(self, item: dict[str, Any]) -> None:
+        if item.get("type") == "ERROR":
+            raise Relist(str(item.get("detail", "watch ended with an error")))
         with self.lock:
             if item["type"] == "BOOKMARK":
                 self.revision = max(self.revision, int(item["revision"]))
@@ -112,8 +121,10 @@ class AssignmentFeed:
             try:
                 self.watch_once()
                 delay = 0.5
-            except (httpx.HTTPError, ValueError) as exc:
+            except Relist as exc:
+                log.info("re-listing assignments: %s", exc)
+                self.listed = False
+            except Exception as exc:  # the watch must outlive any one failure
                 log.info("assignment watch interrupted (%s); retrying in %.1fs", exc, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5)
-                time.sleep(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import socket
 import threading
 import time
@@ -17,6 +18,9 @@ from tessera.node import logs, shim
 
 if TYPE_CHECKING:
     from tessera.node.agent import Agent
+
+
+_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-a\d+")
 
 
 def build_app(agent: Agent) -> FastAPI:
@@ -35,8 +39,10 @@ def build_app(agent: Agent) -> FastAPI:
         tail: Annotated[int | None, Query(ge=0)] = None,
         since: Annotated[float | None, Query(ge=0, description="Seconds back from now.")] = None,
     ) -> StreamingResponse:
-        if not hmac.compare_digest(authorization, f"Bearer {agent.secret}"):
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {agent.secret}".encode()):
             raise HTTPException(401, "bad agent secret")
+        if not _KEY.fullmatch(key):
+            raise HTTPException(404, f"{key!r} is not a task attempt (<task uuid>-a<attempt>)")
         task_dir = agent.task_path(job_id, key)
         if key != task_dir.name or not task_dir.is_dir():
             raise HTTPException(404, f"no logs for task {key} of job {job_id} on this node")

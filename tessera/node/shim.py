@@ -249,6 +249,7 @@ class _Supervisor:
         self.env = env
         self.cwd = cwd
         self.grace = grace
+        self._group_gone = False
         self.me = os.getpid()
         my_start = proc_start_time(self.me)
         if my_start is None:  # pragma: no cover - our own /proc entry always exists
@@ -340,14 +341,14 @@ class _Supervisor:
     def _signal_all(self, sig: int) -> bool:
         """Signal the task's process group and every descendant of the shim; True if anyone was left."""
         found = False
-        if self.main_pid is not None:
+        if self.main_pid is not None and not self._group_gone:
             try:
                 # The pgid cannot be reused while any member of the group exists, so this is safe even
-                # after the leader was reaped.
+                # after the leader was reaped; once the group is empty it could be, so stop using it.
                 os.killpg(self.main_pid, sig)
                 found = True
             except (ProcessLookupError, PermissionError):
-                pass
+                self._group_gone = True
         for pid in descendants(self.me):
             try:
                 # Every live descendant is ours: orphans re-parent to us (subreaper) and we reap them,

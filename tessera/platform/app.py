@@ -48,9 +48,15 @@ def _local_agent(db: Database, settings: Settings) -> None:
     local.write_up_file(settings, url)
     token_file = local.ensure_node_token(db, settings)
     pid = local.agent_pid(settings)
-    if pid is not None:
+    if pid is not None and local.agent_matches(settings, url, token_file):
         log.info("reusing node agent %s (pid %s)", local.node_name(settings), pid)
         return
+    if pid is not None:
+        # it talks to another URL or with an old token: it could never reach us
+        log.info(
+            "restarting node agent %s (pid %s): its URL or token changed", local.node_name(settings), pid
+        )
+        local.stop_agent(settings, pid)
     local.start_agent(settings, url, token_file)
     log.info(
         "started node agent %s; its log: %s",

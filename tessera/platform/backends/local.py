@@ -11,9 +11,11 @@ import fcntl
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -92,10 +94,36 @@ def ensure_node_token(db: Database, settings: Settings) -> Path:
     return path
 
 
+def _launch_facts(url: str, token_file: Path) -> dict[str, str]:
+    return {"url": url, "token": hash_secret(token_file.read_text().strip())}
+
+
+def agent_matches(settings: Settings, url: str, token_file: Path) -> bool:
+    """Whether the running agent was started for this URL and token."""
+    try:
+        recorded = json.loads((agent_dir(settings) / "agent.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(recorded == _launch_facts(url, token_file))
+
+
+def stop_agent(settings: Settings, pid: int, wait: float = 20) -> None:
+    """SIGTERM the agent and wait until it has released its lock (its tasks keep running)."""
+    if pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    deadline = time.monotonic() + wait
+    while agent_pid(settings) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def start_agent(settings: Settings, url: str, token_file: Path) -> None:
     """Start the detached agent (via an intermediate that exits at once)."""
     directory = agent_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "agent.json").write_text(json.dumps(_launch_facts(url, token_file)))
     argv = [
         sys.executable,
         "-m",

@@ -15,6 +15,7 @@ from tessera.platform.controllers.pending import reconcile_pending
 from tessera.platform.controllers.scheduling import SchedulingLoop
 from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
+from tessera.platform.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,12 @@ def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
     """Start every controller loop; the caller cancels the tasks at shutdown."""
     scheduling = SchedulingLoop(db)
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
+    started = utcnow()
     return [
         asyncio.create_task(_loop("scheduler", settings.scheduler_interval, scheduling.step)),
-        asyncio.create_task(_loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout))),
+        asyncio.create_task(
+            _loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout, watching_since=started))
+        ),
         asyncio.create_task(_loop("deadlines", 2.0, lambda: reconcile_pending(db))),
         asyncio.create_task(
             _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))

@@ -6,9 +6,10 @@ import logging
 import uuid
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
 
-from tessera.api.cluster import NodeInventory
+from tessera.api.cluster import NodeInventory, NodeState
 from tessera.api.jobs import JobSpec, JobState, JobStatus, TaskReport, TaskState, TerminalReason
 from tessera.platform.services.jobs import apply_transition
 from tessera.platform.store.db import Database, Tx
@@ -43,6 +44,10 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     row = session.get(JobRow, job_id)
     if row is None or row.version != version or row.state != JobState.PENDING.value:
         return False
+    placed_on = sorted({p.node for p in bind.placements})
+    states = session.execute(select(NodeRow.state).where(NodeRow.name.in_(placed_on))).scalars().all()
+    if len(states) != len(placed_on) or any(s != NodeState.READY.value for s in states):
+        return False  # the snapshot predates a node going NotReady (or away)
     if not _capacity_holds(tx, bind):
         log.warning("bind of %s refused: capacity changed since the snapshot", job_id)
         return False
@@ -234,25 +239,31 @@ def _fail_or_retry(
         apply_transition(tx, job, JobState.FAILED, reason=reason, message=message, exit_code=exit_code)
 
 
+def _live_jobs_on(node: str) -> Select[JobRow]:
+    return (
+        select(JobRow)
+        .join(TaskRow, TaskRow.job_id == JobRow.id)
+        .where(TaskRow.node == node, JobRow.live_name.is_not(None), JobRow.state != JobState.PENDING.value)
+        .distinct()
+    )
+
+
+def jobs_on(session: Session, node: str) -> list[uuid.UUID]:
+    """Live, placed jobs with a task on ``node``."""
+    return [row.id for row in session.execute(_live_jobs_on(node)).scalars()]
+
+
 def node_lost(tx: Tx, node: str) -> int:
     """Jobs with tasks on a lost node: not yet running -> requeue; running -> retry or NodeLost."""
     moved = 0
-    rows = (
-        tx.session.execute(
-            select(JobRow)
-            .join(TaskRow, TaskRow.job_id == JobRow.id)
-            .where(TaskRow.node == node, JobRow.live_name.is_not(None))
-            .distinct()
-        )
-        .scalars()
-        .all()
-    )
-    for job in rows:
+    for job in tx.session.execute(_live_jobs_on(node)).scalars().all():
         state = JobState(job.state)
         if state in (JobState.SCHEDULED, JobState.STARTING):
             apply_transition(tx, job, JobState.PENDING, message=f"node {node} lost before start")
             moved += 1
-        elif state is JobState.RUNNING:
+        elif state in (JobState.RUNNING, JobState.RESIZING, JobState.RECOVERING):
+            if state is not JobState.RUNNING:
+                apply_transition(tx, job, JobState.RUNNING, message=f"node {node} lost while {state}")
             _fail_or_retry(tx, job, TerminalReason.NODE_LOST, f"node {node} stopped heartbeating")
             moved += 1
     return moved

@@ -135,9 +135,10 @@ def apply_transition(
                 task.finished_at = now
                 tx.stamp(task)
     elif to is JobState.PENDING and status.state is not JobState.PENDING:
-        # a new attempt starts from scratch: tasks lose their node and results
+        # a new attempt starts from scratch; a task keeps its last node until it is bound
+        # again, so that node's agent still lists the job (and keeps the old attempt's logs)
         for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
-            task.state, task.node, task.attempt = TaskState.PENDING.value, None, moved.status.attempt
+            task.state, task.attempt = TaskState.PENDING.value, moved.status.attempt
             task.exit_code, task.started_at, task.finished_at, task.message = None, None, None, ""
             tx.stamp(task)
     job = put(tx, "job", row, lambda r: render_job(tx.session, r))
