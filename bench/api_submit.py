@@ -99,8 +99,9 @@ def control_plane(database_url: str | None) -> Iterator[Server]:
     process: subprocess.Popen[bytes] | None = None
     try:
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([*command, "up", "--port", str(port)], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [*command, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_TIMEOUT_S
         with httpx.Client(base_url=url, timeout=5.0) as probe:
@@ -161,8 +162,9 @@ def run_load(server: Server, database: str, clients: int, jobs: int) -> Result:
             errors += len(failed)
             error_samples.extend(failed[: max(0, 5 - len(error_samples))])
 
-    threads = [threading.Thread(target=worker, args=(range(i, jobs, clients),), daemon=True)
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=worker, args=(range(i, jobs, clients),), daemon=True) for i in range(clients)
+    ]
     for thread in threads:
         thread.start()
     barrier.wait()
@@ -170,8 +172,15 @@ def run_load(server: Server, database: str, clients: int, jobs: int) -> Result:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return Result(database=database, clients=clients, jobs=jobs, errors=errors, wall_s=wall,
-                  latencies_s=latencies, error_samples=error_samples)
+    return Result(
+        database=database,
+        clients=clients,
+        jobs=jobs,
+        errors=errors,
+        wall_s=wall,
+        latencies_s=latencies,
+        error_samples=error_samples,
+    )
 
 
 def stop_postgres(pg: PostgresServer) -> None:
@@ -206,25 +215,45 @@ def bench_database(database: str, clients: int, jobs: int) -> Result:
 
 def format_table(results: list[Result]) -> str:
     header = ["database", "clients", "jobs", "errors", "throughput (jobs/s)", "p50 (ms)", "p99 (ms)"]
-    rows = [[r.database, str(r.clients), str(r.jobs), str(r.errors), f"{r.throughput:.1f}",
-             f"{r.percentile_ms(0.50):.1f}", f"{r.percentile_ms(0.99):.1f}"] for r in results]
+    rows = [
+        [
+            r.database,
+            str(r.clients),
+            str(r.jobs),
+            str(r.errors),
+            f"{r.throughput:.1f}",
+            f"{r.percentile_ms(0.50):.1f}",
+            f"{r.percentile_ms(0.99):.1f}",
+        ]
+        for r in results
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.api_submit",
-                                     description="Job-submit API throughput and latency.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.api_submit", description="Job-submit API throughput and latency."
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
     parser.add_argument("--jobs", type=int, default=2000, help="submissions per database (default 2000)")
-    parser.add_argument("--db", default=",".join(DATABASES),
-                        help="comma-separated databases to run: sqlite,postgres (default both)")
+    parser.add_argument(
+        "--db",
+        default=",".join(DATABASES),
+        help="comma-separated databases to run: sqlite,postgres (default both)",
+    )
     args = parser.parse_args(argv)
     args.databases = [d.strip() for d in args.db.split(",") if d.strip()]
     unknown = sorted(set(args.databases) - set(DATABASES))
