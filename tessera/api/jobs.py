@@ -123,6 +123,9 @@ class JobSpec(Model):
         default=None, description="Fail with DeadlineExceeded if not finished this long after submit."
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    expected_runtime: Duration | None = Field(
+        default=None, description="How long the job expects to run (lets it backfill); e.g. 2h."
+    )
     labels: Labels = Field(default_factory=dict)
 
     @model_validator(mode="after")

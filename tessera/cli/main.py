@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import jobs, local
+from tessera.cli import jobs, local, queues
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 jobs.register(app)
+app.add_typer(queues.queue_app, name="queue")
 app.command("node")(local.node)
 app.command("down")(local.down)
 

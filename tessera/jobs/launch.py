@@ -53,11 +53,13 @@ def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[Ta
     if job.status.state not in RUN_STATES:
         return []
     attempt = job.status.attempt
-    tasks = sorted(job.tasks, key=lambda t: (t.group, t.index))
-    world = len(tasks)
     slices: dict[uuid.UUID, list[Allocation]] = {}
     for alloc in job.allocations:
         slices.setdefault(alloc.task_id, []).append(alloc)
+    # only tasks bound in this attempt run (a gang smaller than the job leaves some out);
+    # ranks count the bound tasks in (group, index) order, rank 0 being the master
+    tasks = sorted((t for t in job.tasks if t.id in slices), key=lambda t: (t.group, t.index))
+    world = len(tasks)
     out = []
     for rank, task in enumerate(tasks):
         if task.node != node or task.attempt != attempt:

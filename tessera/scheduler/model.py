@@ -90,6 +90,40 @@ class TaskRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Amounts:
+    """Aggregate quantities for quotas: GPU-equivalents, CPU cores, memory MiB."""
+
+    gpu: float = 0.0
+    cpu: float = 0.0
+    memory_mib: float = 0.0
+
+    def __add__(self, other: Amounts) -> Amounts:
+        return Amounts(self.gpu + other.gpu, self.cpu + other.cpu, self.memory_mib + other.memory_mib)
+
+    def __sub__(self, other: Amounts) -> Amounts:
+        return Amounts(self.gpu - other.gpu, self.cpu - other.cpu, self.memory_mib - other.memory_mib)
+
+    def fits_within(self, limit: Amounts) -> bool:
+        """Every component <= the limit's (with the compute tolerance)."""
+        return (
+            self.gpu <= limit.gpu + COMPUTE_EPSILON
+            and self.cpu <= limit.cpu + COMPUTE_EPSILON
+            and self.memory_mib <= limit.memory_mib + COMPUTE_EPSILON
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A queue of the tree: guaranteed quota, how much more it may borrow (None: no limit), weight."""
+
+    name: str
+    parent: str | None = None
+    guaranteed: Amounts = Amounts()
+    borrowing_limit: Amounts | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class PendingJob:
     """A job waiting to be placed; its tasks form one all-or-nothing gang."""
 
@@ -99,6 +133,13 @@ class PendingJob:
     priority: int
     submitted_at: datetime
     tasks: tuple[TaskRequest, ...]
+    preemptible: bool = False
+    min_available: int | None = None  # gang size; None means every task
+    expected_runtime_s: float | None = None
+
+    @property
+    def gang_size(self) -> int:
+        return self.min_available or len(self.tasks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +149,8 @@ class Snapshot:
     nodes: tuple[NodeState, ...]
     pending: tuple[PendingJob, ...]
     now: datetime
+    running: tuple[RunningJob, ...] = ()
+    queues: tuple[QueueState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +182,42 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A placed job (bound, starting or running): what evicting it would free and cost.
+
+    Its usage is already included in the nodes' ``used_*`` figures.
+    """
+
+    job_id: uuid.UUID
+    name: str
+    queue: str
+    priority: int
+    preemptible: bool
+    started_at: datetime
+    placements: tuple[SlicePlacement, ...]
+    cpu: float = 0.0  # host CPU of all its tasks
+    memory_mib: int = 0  # host memory of all its tasks
+    host_usage: tuple[tuple[str, float, int], ...] = ()  # (node, cpu, memory MiB) per task
+    expected_runtime_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """Stop a running job (whole gang) so that ``for_job`` can be placed."""
+
+    job_id: uuid.UUID
+    for_job: uuid.UUID
+    reason: str  # "Preempted" (priority) or "Reclaimed" (quota)
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     """What a cycle decided: jobs to bind, and why every other pending job waits."""
 
     binds: tuple[Bind, ...]
     pending: dict[uuid.UUID, PendingReason]
+    evictions: tuple[Eviction, ...] = ()
 
 
 @runtime_checkable

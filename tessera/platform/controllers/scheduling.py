@@ -12,26 +12,28 @@ import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeState
 from tessera.api.events import Change
 from tessera.api.jobs import Job, JobState, JobStatus, PendingReason
+from tessera.api.queues import Queue
+from tessera.api.resources import ResourceAmounts
 from tessera.platform.services import convert
 from tessera.platform.services.common import put
-from tessera.platform.services.execution import bind_job
+from tessera.platform.services.execution import bind_job, evict_job
 from tessera.platform.services.jobs import render_job
 from tessera.platform.store.db import Database
 from tessera.platform.store.feed import Compacted, changes_after
-from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow
+from tessera.platform.store.rows import JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
 from tessera.scheduler.firstfit import FirstFit
 
 log = logging.getLogger(__name__)
-KINDS = ("job", "node")
+KINDS = ("job", "node", "queue")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ClusterView:
     revision: int = -1
     jobs: dict[uuid.UUID, Job] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    queues: dict[str, Queue] = field(default_factory=dict)
 
     def apply(self, change: Change) -> None:
         if change.kind == "job":
@@ -52,6 +55,12 @@ class ClusterView:
                 self.jobs.pop(job.id, None)
             else:
                 self.jobs[job.id] = job
+        elif change.kind == "queue":
+            if change.op == "delete" or change.object is None:
+                self.queues = {k: v for k, v in self.queues.items() if v.id != change.id}
+            else:
+                queue = Queue.model_validate(change.object)
+                self.queues[queue.name] = queue
         elif change.kind == "node":
             if change.op == "delete" or change.object is None:
                 self.nodes = {k: v for k, v in self.nodes.items() if v.id != change.id}
@@ -62,10 +71,12 @@ class ClusterView:
     def snapshot(self, now: datetime) -> model.Snapshot:
         used_gpu: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         used_host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        pending = []
+        pending: list[model.PendingJob] = []
+        running: list[model.RunningJob] = []
         for job in self.jobs.values():
             if job.status.state is JobState.PENDING:
                 groups = {g.name: g for g in job.spec.groups}
+                gang = sum(g.gang_size for g in job.spec.groups)
                 tasks = tuple(
                     model.TaskRequest(
                         task_id=t.id, group=t.group, index=t.index, resources=groups[t.group].resources
@@ -80,16 +91,21 @@ class ClusterView:
                         priority=job.spec.priority,
                         submitted_at=job.status.submitted_at,
                         tasks=tasks,
+                        preemptible=job.spec.preemptible,
+                        min_available=gang if gang < len(tasks) else None,
+                        expected_runtime_s=_seconds(job.spec.expected_runtime),
                     )
                 )
                 continue
+            running.append(_running(job))
             for alloc in job.allocations:
                 if alloc.gpu_uuid:
                     used_gpu[alloc.gpu_uuid][0] += alloc.memory_mib
                     used_gpu[alloc.gpu_uuid][1] += alloc.compute_pct
             groups = {g.name: g for g in job.spec.groups}
+            bound = {a.task_id for a in job.allocations}
             for task in job.tasks:
-                if task.node and task.attempt == job.status.attempt:
+                if task.node and task.id in bound:
                     used_host[task.node][0] += groups[task.group].resources.cpu
                     used_host[task.node][1] += groups[task.group].resources.memory
         nodes = []
@@ -117,7 +133,65 @@ class ClusterView:
                     used_memory_mib=int(used_host[node.name][1]),
                 )
             )
-        return model.Snapshot(nodes=tuple(nodes), pending=tuple(pending), now=now)
+        queues = tuple(_queue_state(q) for q in sorted(self.queues.values(), key=lambda q: q.name))
+        return model.Snapshot(
+            nodes=tuple(nodes), pending=tuple(pending), now=now, running=tuple(running), queues=queues
+        )
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return delta.total_seconds() if delta is not None else None
+
+
+def _amounts(amounts: ResourceAmounts | None) -> model.Amounts | None:
+    if amounts is None:
+        return None
+    return model.Amounts(gpu=amounts.gpu, cpu=amounts.cpu, memory_mib=amounts.memory)
+
+
+def _queue_state(queue: Queue) -> model.QueueState:
+    return model.QueueState(
+        name=queue.name,
+        parent=queue.spec.parent,
+        guaranteed=_amounts(queue.spec.guaranteed) or model.Amounts(),
+        borrowing_limit=_amounts(queue.spec.borrowing_limit),
+        weight=queue.spec.weight,
+    )
+
+
+def _running(job: Job) -> model.RunningJob:
+    """What evicting a placed job would free: its slices and its tasks' host share."""
+    groups = {g.name: g for g in job.spec.groups}
+    bound = {a.task_id for a in job.allocations}
+    host = tuple(
+        (t.node, groups[t.group].resources.cpu, groups[t.group].resources.memory)
+        for t in job.tasks
+        if t.node and t.id in bound
+    )
+    placements = tuple(
+        model.SlicePlacement(
+            task_id=a.task_id,
+            node=a.node,
+            gpu_uuid=a.gpu_uuid,
+            gpu_index=None,
+            memory_mib=a.memory_mib,
+            compute_pct=a.compute_pct,
+        )
+        for a in job.allocations
+    )
+    return model.RunningJob(
+        job_id=job.id,
+        name=job.name,
+        queue=job.queue,
+        priority=job.spec.priority,
+        preemptible=job.spec.preemptible,
+        started_at=job.status.started_at or job.status.submitted_at,
+        placements=placements,
+        cpu=sum(h[1] for h in host),
+        memory_mib=sum(h[2] for h in host),
+        host_usage=host,
+        expected_runtime_s=_seconds(job.spec.expected_runtime),
+    )
 
 
 class SchedulingLoop:
@@ -157,6 +231,8 @@ class SchedulingLoop:
                 view.jobs[job.id] = job
             for node_row in session.execute(select(NodeRow)).scalars():
                 view.nodes[node_row.name] = convert.node(node_row)
+            for queue_row in session.execute(select(QueueRow)).scalars():
+                view.queues[queue_row.name] = convert.queue(queue_row)
         self.view, self._dirty = view, True
 
     def step(self, now: datetime | None = None) -> model.Decisions | None:
@@ -170,18 +246,18 @@ class SchedulingLoop:
         return decisions
 
     def _apply(self, decisions: model.Decisions) -> None:
-        for bind in decisions.binds:
-            job = self.view.jobs.get(bind.job_id)
+        for eviction in decisions.evictions:
+            job = self.view.jobs.get(eviction.job_id)
             if job is None:
                 continue
             try:
                 with self.db.write() as tx:
-                    bound = bind_job(tx, bind.job_id, job.version, bind)
+                    evict_job(tx, eviction.job_id, job.version, eviction.reason, eviction.message)
             except Exception:
-                log.exception("bind of job %s failed", bind.job_id)
-                bound = False
-            if not bound:
-                self._dirty = True
+                log.exception("eviction of job %s failed", eviction.job_id)
+            self._dirty = True
+        if decisions.binds:
+            self._bind(decisions.binds)
         stale = {
             job_id: reason
             for job_id, reason in decisions.pending.items()
@@ -189,6 +265,23 @@ class SchedulingLoop:
         }
         if stale:
             self._write_reasons(stale)
+
+    def _bind(self, binds: tuple[model.Bind, ...]) -> None:
+        """All of a cycle's binds in one transaction (one revision), each in its own savepoint,
+        so one refused bind never undoes the others."""
+        with self.db.write() as tx:
+            for bind in binds:
+                job = self.view.jobs.get(bind.job_id)
+                if job is None:
+                    continue
+                try:
+                    with tx.session.begin_nested():
+                        bound = bind_job(tx, bind.job_id, job.version, bind)
+                except Exception:
+                    log.exception("bind of job %s failed", bind.job_id)
+                    bound = False
+                if not bound:
+                    self._dirty = True
 
     def _write_reasons(self, reasons: dict[uuid.UUID, PendingReason]) -> None:
         with self.db.write() as tx:

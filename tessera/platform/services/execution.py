@@ -10,7 +10,15 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from tessera.api.cluster import NodeInventory, NodeState
-from tessera.api.jobs import JobSpec, JobState, JobStatus, TaskReport, TaskState, TerminalReason
+from tessera.api.jobs import (
+    JobSpec,
+    JobState,
+    JobStatus,
+    PendingReason,
+    TaskReport,
+    TaskState,
+    TerminalReason,
+)
 from tessera.platform.services.jobs import apply_transition
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, TaskRow
@@ -54,8 +62,9 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     attempt = JobStatus.model_validate(row.status).attempt
     task_nodes = bind.task_nodes()
     tasks = {t.id: t for t in session.execute(select(TaskRow).where(TaskRow.job_id == job_id)).scalars()}
-    if set(task_nodes) != set(tasks):
-        return False  # the gang must be bound whole
+    gang = sum(g.gang_size for g in JobSpec.model_validate(row.spec).groups)
+    if not set(task_nodes) <= set(tasks) or len(task_nodes) < gang:
+        return False  # at least the gang, together; never a partial gang
     for placement in bind.placements:
         session.add(
             AllocationRow(
@@ -69,9 +78,9 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
                 revision=tx.revision,
             )
         )
-    for task_id, node in task_nodes.items():
-        task = tasks[task_id]
-        task.node, task.attempt, task.state = node, attempt, TaskState.PENDING.value
+    for task_id, task in tasks.items():
+        # tasks beyond the gang that did not fit sit this attempt out (no node, no slice)
+        task.node, task.attempt, task.state = task_nodes.get(task_id), attempt, TaskState.PENDING.value
         tx.stamp(task)
     nodes = sorted(set(task_nodes.values()))
     session.add(
@@ -169,11 +178,14 @@ def _advance(tx: Tx, job: JobRow) -> None:
     if state.terminal or state is JobState.PENDING:
         return
     attempt = JobStatus.model_validate(job.status).attempt
+    bound = select(AllocationRow.task_id).where(AllocationRow.job_id == job.id)
     tasks = list(
         tx.session.execute(
-            select(TaskRow).where(TaskRow.job_id == job.id, TaskRow.attempt == attempt)
+            select(TaskRow).where(TaskRow.job_id == job.id, TaskRow.attempt == attempt, TaskRow.id.in_(bound))
         ).scalars()
     )
+    if not tasks:
+        return
     states = [TaskState(t.state) for t in tasks]
     started = [s is not TaskState.PENDING for s in states]
     start_errors = [t for t in tasks if t.message and t.state == TaskState.FAILED.value]
@@ -267,3 +279,28 @@ def node_lost(tx: Tx, node: str) -> int:
             _fail_or_retry(tx, job, TerminalReason.NODE_LOST, f"node {node} stopped heartbeating")
             moved += 1
     return moved
+
+
+def evict_job(tx: Tx, job_id: uuid.UUID, version: int, reason: str, message: str) -> bool:
+    """Stop a placed job for another (whole gang) and requeue it as a new attempt.
+
+    Conditional on the version the scheduler saw. Evictions do not spend the
+    job's retry budget: a preemption Tessera decided is not the job's failure.
+    """
+    row = tx.session.get(JobRow, job_id)
+    if row is None or row.version != version:
+        return False
+    state = JobState(row.state)
+    if state is JobState.RUNNING:
+        apply_transition(tx, row, JobState.PREEMPTED, reason=reason, message=message)
+    elif state not in (JobState.SCHEDULED, JobState.STARTING):
+        return False
+    apply_transition(
+        tx,
+        row,
+        JobState.PENDING,
+        reason=reason,
+        message=message,
+        pending_reason=PendingReason(code=reason, message=message),
+    )
+    return True

@@ -1,0 +1,140 @@
+"""Queue verbs: tessera queue create|list|get|update|delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from tessera.api.quantities import format_mib
+from tessera.api.queues import Queue
+from tessera.cli.output import Format, dump, out, server_errors, table
+from tessera.client import Client
+
+queue_app = typer.Typer(
+    help="Queues: a tree with guaranteed quota, borrowing limit and weight.", no_args_is_help=True
+)
+AMOUNTS_FORM = "gpu=N,cpu=N,memory=QTY (any subset), e.g. gpu=4,memory=64Gi"
+OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, wide, json or yaml.")]
+
+
+def _amounts(value: str | None, flag: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    amounts: dict[str, Any] = {}
+    for part in value.split(","):
+        key, sep, raw = part.strip().partition("=")
+        if not sep or key not in ("gpu", "cpu", "memory") or not raw:
+            raise typer.BadParameter(f"{value!r} is not {AMOUNTS_FORM}", param_hint=flag)
+        amounts[key] = raw if key == "memory" else _number(raw, value, flag)
+    return amounts
+
+
+def _number(raw: str, value: str, flag: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not {AMOUNTS_FORM}", param_hint=flag) from None
+
+
+def _fmt(amounts: Any) -> str:
+    if amounts is None:
+        return "unlimited"
+    return f"gpu {amounts.gpu:g}, cpu {amounts.cpu:g}, mem {format_mib(amounts.memory)}"
+
+
+def _show(queues: list[Queue], output: Format) -> None:
+    if output in (Format.JSON, Format.YAML):
+        dump(queues, output)
+        return
+    rows = [
+        [
+            q.name,
+            q.spec.parent or "-",
+            _fmt(q.spec.guaranteed),
+            _fmt(q.spec.borrowing_limit),
+            f"{q.spec.weight:g}",
+        ]
+        for q in queues
+    ]
+    table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT"], rows)
+
+
+GuaranteedOpt = Annotated[str | None, typer.Option(help=f"Guaranteed quota: {AMOUNTS_FORM}.")]
+BorrowOpt = Annotated[str | None, typer.Option(help=f"Borrowing limit beyond guaranteed: {AMOUNTS_FORM}.")]
+
+
+@queue_app.command("create")
+def create(
+    name: str,
+    parent: Annotated[str | None, typer.Option(help="Parent queue.")] = None,
+    guaranteed: GuaranteedOpt = None,
+    borrowing_limit: BorrowOpt = None,
+    weight: Annotated[float | None, typer.Option(help="Fair-share weight (default 1).")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Create a queue (admin)."""
+    body: dict[str, Any] = {"name": name}
+    for key, value in (
+        ("parent", parent),
+        ("guaranteed", _amounts(guaranteed, "--guaranteed")),
+        ("borrowing_limit", _amounts(borrowing_limit, "--borrowing-limit")),
+        ("weight", weight),
+        ("description", description),
+    ):
+        if value is not None:
+            body[key] = value
+    with server_errors(), Client() as client:
+        queue = Queue.model_validate(client.request("POST", "/api/v1/queues", json=body).json())
+    _show([queue], output)
+
+
+@queue_app.command("list")
+def list_queues(output: OutputOpt = Format.TABLE) -> None:
+    """List queues."""
+    with server_errors(), Client() as client:
+        queues = client.list_queues()
+    _show(queues, output)
+
+
+@queue_app.command("get")
+def get(name: str, output: OutputOpt = Format.TABLE) -> None:
+    """Show one queue."""
+    with server_errors(), Client() as client:
+        queue = Queue.model_validate(client.request("GET", f"/api/v1/queues/{name}").json())
+    _show([queue], output)
+
+
+@queue_app.command("update")
+def update(
+    name: str,
+    parent: Annotated[str | None, typer.Option(help="New parent queue.")] = None,
+    guaranteed: GuaranteedOpt = None,
+    borrowing_limit: BorrowOpt = None,
+    weight: Annotated[float | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Change a queue (admin); only the given fields change."""
+    body: dict[str, Any] = {}
+    for key, value in (
+        ("parent", parent),
+        ("guaranteed", _amounts(guaranteed, "--guaranteed")),
+        ("borrowing_limit", _amounts(borrowing_limit, "--borrowing-limit")),
+        ("weight", weight),
+        ("description", description),
+    ):
+        if value is not None:
+            body[key] = value
+    with server_errors(), Client() as client:
+        queue = Queue.model_validate(client.request("PATCH", f"/api/v1/queues/{name}", json=body).json())
+    _show([queue], output)
+
+
+@queue_app.command("delete")
+def delete(name: str) -> None:
+    """Delete a queue (admin); its pending jobs fail with QueueDeleted."""
+    with server_errors(), Client() as client:
+        client.request("DELETE", f"/api/v1/queues/{name}")
+    out.print(f"queue {name} deleted", highlight=False)
