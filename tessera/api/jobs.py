@@ -230,5 +230,25 @@ class Job(Meta):
     allocations: list[Allocation] = Field(default_factory=list)
 
 
+class NodeFit(Model):
+    """One node's filter results for a pending job."""
+
+    node: str
+    ready: bool
+    tasks_that_fit: int
+    reasons: list[str]
+
+
+class Explanation(Model):
+    """Why a job is pending, node by node (`tessera explain`)."""
+
+    job: str
+    state: JobState
+    tasks: int
+    gang_size: int
+    pending_reason: PendingReason | None = None
+    nodes: list[NodeFit] = Field(default_factory=list)
+
+
 class CancelJobRequest(Model):
     message: str = Field(default="", max_length=1000)

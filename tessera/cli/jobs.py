@@ -301,7 +301,41 @@ def logs(
             sys.stdout.buffer.flush()
 
 
+def explain(
+    name: Annotated[str, typer.Argument(help="Job name or id.")],
+    project: ProjectOpt = "default",
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """Why a job is pending: its reason and each node's filter results."""
+    from tessera.api.jobs import Explanation
+
+    with server_errors(), Client() as client:
+        result = Explanation.model_validate(
+            client.request("GET", f"/api/v1/jobs/{name}/explain", params={"project": project}).json()
+        )
+    if output in (Format.JSON, Format.YAML):
+        dump(result, output)
+        return
+    out.print(
+        f"[bold]{result.job}[/bold]  {result.state}  ({result.tasks} task(s), gang {result.gang_size})",
+        highlight=False,
+    )
+    if result.pending_reason:
+        out.print(f"{result.pending_reason.code}: {result.pending_reason.message}", highlight=False)
+    if result.nodes:
+        table(
+            ["NODE", "READY", "TASKS THAT FIT", "WHY NOT"],
+            [
+                [n.node, "yes" if n.ready else "no", str(n.tasks_that_fit), "; ".join(n.reasons) or "-"]
+                for n in result.nodes
+            ],
+        )
+    elif result.state is JobState.PENDING:
+        out.print("no node has joined yet", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("explain")(explain)
     app.command("logs")(logs)
     app.add_typer(submit_app, name="submit")
     app.command("list")(list_jobs)

@@ -90,7 +90,7 @@ class Agent:
         self.stopping: set[str] = set()
         self.final: set[str] = set()  # attempts whose final report the control plane acknowledged
         self.launching: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="launch")
         self._lock_file: IO[str] | None = None
         self.url = ""
 

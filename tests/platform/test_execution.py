@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.scheduling import SchedulingLoop
@@ -114,3 +117,71 @@ def test_silent_node_goes_notready_but_not_right_after_a_control_plane_restart(a
     decisions = SchedulingLoop(api.db).step()
     assert decisions is not None and not decisions.binds
     assert api.call("GET", "/api/v1/jobs/next").json()["status"]["pending_reason"]["code"] == "NoReadyNodes"
+
+
+@pytest.mark.xfail(strict=True, reason="first fit binds whole jobs; the tessera scheduler binds gangs")
+def test_a_gang_smaller_than_the_job_binds_what_fits(api: Api) -> None:
+    node(api, gpus=2)
+    body = job_body("elastic-ish", gpus=1)
+    body["groups"][0].update(replicas=3, min_available=2)
+    api.call("POST", "/api/v1/jobs", json=body)
+    SchedulingLoop(api.db).step()
+    job = api.call("GET", "/api/v1/jobs/elastic-ish").json()
+    assert job["status"]["state"] == "SCHEDULED"
+    placed = [t for t in job["tasks"] if t["node"]]
+    assert len(placed) == 2 and len(job["allocations"]) == 2  # the gang, not a partial one
+
+    from tessera.api.jobs import Job
+    from tessera.jobs.launch import launches_for
+
+    launches = launches_for(Job.model_validate(job), "n1")
+    assert sorted(int(x.env["RANK"]) for x in launches) == [0, 1]
+    assert {x.env["WORLD_SIZE"] for x in launches} == {"2"}
+
+
+def test_eviction_requeues_without_spending_retries(api: Api) -> None:
+    from tessera.platform.services.execution import evict_job
+
+    token = node(api)
+    api.call("POST", "/api/v1/jobs", json={**job_body("victim", gpus=1), "preemptible": True})
+    SchedulingLoop(api.db).step()
+    job = api.call("GET", "/api/v1/jobs/victim").json()
+    report(api, token, job, state="RUNNING")
+    running = api.call("GET", "/api/v1/jobs/victim").json()
+    job_id = uuid.UUID(running["id"])
+    with api.db.write() as tx:
+        assert evict_job(tx, job_id, running["version"] - 1, "Preempted", "stale") is False
+    with api.db.write() as tx:
+        assert evict_job(tx, job_id, running["version"], "Preempted", "for job vip") is True
+    evicted = api.call("GET", "/api/v1/jobs/victim").json()
+    assert evicted["status"]["state"] == "PENDING" and evicted["status"]["attempt"] == 1
+    assert evicted["status"]["pending_reason"]["code"] == "Preempted" and evicted["allocations"] == []
+    states = [(e["from_state"], e["to_state"]) for e in api.call("GET", "/api/v1/jobs/victim/events").json()]
+    assert ("RUNNING", "PREEMPTED") in states and ("PREEMPTED", "PENDING") in states
+
+
+def test_explain_shows_each_nodes_filters(api: Api) -> None:
+    node(api, "n1")
+    node(api, "n2", gpus=2)
+    api.call("POST", "/api/v1/jobs", json=job_body("first", gpus=1))
+    api.call("POST", "/api/v1/jobs", json=job_body("second", gpus=2))
+    SchedulingLoop(api.db).step()
+    body = job_body("third", gpus=1)
+    body["groups"][0]["resources"]["cpu"] = 7.5
+    api.call("POST", "/api/v1/jobs", json=body)
+    SchedulingLoop(api.db).step()
+    r = api.call("GET", "/api/v1/jobs/third/explain")
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["state"] == "PENDING" and result["pending_reason"]["code"] == "Unschedulable"
+    verdicts = {n["node"]: n for n in result["nodes"]}
+    # each node already runs a 1-cpu task, so 7.5 cpus fit neither; the first failing filter is named
+    assert verdicts["n1"] == {
+        "node": "n1",
+        "ready": True,
+        "tasks_that_fit": 0,
+        "reasons": ["host cpu: needs 7.5, 7 free"],
+    }
+    assert verdicts["n2"]["reasons"] == ["host cpu: needs 7.5, 7 free"]
+    done = api.call("GET", "/api/v1/jobs/first/explain").json()
+    assert done["state"] == "SCHEDULED" and done["nodes"] == []

@@ -194,6 +194,21 @@ def _running(job: Job) -> model.RunningJob:
     )
 
 
+def load_view(db: Database) -> ClusterView:
+    """A full read of live jobs, nodes and queues (the initial list; explain)."""
+    view = ClusterView()
+    with db.read() as session:
+        view.revision = session.execute(select(RevisionRow.revision)).scalar_one()
+        for row in session.execute(select(JobRow).where(JobRow.live_name.is_not(None))).scalars():
+            job = render_job(session, row)
+            view.jobs[job.id] = job
+        for node_row in session.execute(select(NodeRow)).scalars():
+            view.nodes[node_row.name] = convert.node(node_row)
+        for queue_row in session.execute(select(QueueRow)).scalars():
+            view.queues[queue_row.name] = convert.queue(queue_row)
+    return view
+
+
 class SchedulingLoop:
     """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically)."""
 
@@ -223,17 +238,7 @@ class SchedulingLoop:
                 return
 
     def _relist(self) -> None:
-        view = ClusterView()
-        with self.db.read() as session:
-            view.revision = session.execute(select(RevisionRow.revision)).scalar_one()
-            for row in session.execute(select(JobRow).where(JobRow.live_name.is_not(None))).scalars():
-                job = render_job(session, row)
-                view.jobs[job.id] = job
-            for node_row in session.execute(select(NodeRow)).scalars():
-                view.nodes[node_row.name] = convert.node(node_row)
-            for queue_row in session.execute(select(QueueRow)).scalars():
-                view.queues[queue_row.name] = convert.queue(queue_row)
-        self.view, self._dirty = view, True
+        self.view, self._dirty = load_view(self.db), True
 
     def step(self, now: datetime | None = None) -> model.Decisions | None:
         """Sync, and run a cycle if anything changed since the last one."""

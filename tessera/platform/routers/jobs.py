@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from tessera.api.common import Page
 from tessera.api.events import Event
-from tessera.api.jobs import CancelJobRequest, Job, JobState, SubmitJobRequest
+from tessera.api.jobs import CancelJobRequest, Explanation, Job, JobState, SubmitJobRequest
 from tessera.platform.auth import UserPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.services import events as event_service
@@ -68,6 +68,16 @@ async def job_events(
     return await run_in_threadpool(
         lambda: event_service.list_events(db, caller, kind="job", object_id=job.id, limit=1000)
     )
+
+
+@router.get("/{ref}/explain", response_model=Explanation)
+async def explain_job(
+    ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQuery = "default"
+) -> Explanation:
+    """Why a job is pending: its reason and every node's filter results."""
+    from tessera.platform.services.explain import explain_job as explain
+
+    return await run_in_threadpool(explain, db, caller, ref, project)
 
 
 @router.post("/{ref}/cancel", response_model=Job)
