@@ -37,6 +37,24 @@ def _number(raw: str, value: str, flag: str) -> float:
         raise typer.BadParameter(f"{value!r} is not {AMOUNTS_FORM}", param_hint=flag) from None
 
 
+def _changes(
+    parent: str | None,
+    guaranteed: str | None,
+    borrowing_limit: str | None,
+    weight: float | None,
+    description: str | None,
+) -> dict[str, Any]:
+    """The fields given on the command line, in the API's spelling."""
+    fields = {
+        "parent": parent,
+        "guaranteed": _amounts(guaranteed, "--guaranteed"),
+        "borrowing_limit": _amounts(borrowing_limit, "--borrowing-limit"),
+        "weight": weight,
+        "description": description,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 def _fmt(amounts: Any) -> str:
     if amounts is None:
         return "unlimited"
@@ -75,16 +93,7 @@ def create(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a queue (admin)."""
-    body: dict[str, Any] = {"name": name}
-    for key, value in (
-        ("parent", parent),
-        ("guaranteed", _amounts(guaranteed, "--guaranteed")),
-        ("borrowing_limit", _amounts(borrowing_limit, "--borrowing-limit")),
-        ("weight", weight),
-        ("description", description),
-    ):
-        if value is not None:
-            body[key] = value
+    body = {"name": name, **_changes(parent, guaranteed, borrowing_limit, weight, description)}
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("POST", "/api/v1/queues", json=body).json())
     _show([queue], output)
@@ -117,16 +126,7 @@ def update(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Change a queue (admin); only the given fields change."""
-    body: dict[str, Any] = {}
-    for key, value in (
-        ("parent", parent),
-        ("guaranteed", _amounts(guaranteed, "--guaranteed")),
-        ("borrowing_limit", _amounts(borrowing_limit, "--borrowing-limit")),
-        ("weight", weight),
-        ("description", description),
-    ):
-        if value is not None:
-            body[key] = value
+    body = _changes(parent, guaranteed, borrowing_limit, weight, description)
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("PATCH", f"/api/v1/queues/{name}", json=body).json())
     _show([queue], output)
