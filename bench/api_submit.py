@@ -100,7 +100,10 @@ def control_plane(database_url: str | None) -> Iterator[Server]:
     try:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [*command, "up", "--port", str(port), "--no-agent"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [*command, "up", "--port", str(port), "--no-agent"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_TIMEOUT_S

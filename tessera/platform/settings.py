@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     )
     watch_poll_seconds: float = Field(default=0.2, gt=0, le=10)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    scheduler: str = Field(default="tessera", description="Scheduler: tessera or firstfit.")
     scheduler_interval: float = Field(default=0.3, gt=0, le=60, description="Seconds between cycles.")
     node_heartbeat_timeout: float = Field(
         default=40, gt=0, description="Seconds without a heartbeat before a node is NotReady."
@@ -49,6 +50,15 @@ class Settings(BaseSettings):
     def _simulate(cls, value: str | None) -> str | None:
         if value:
             parse_simulated_gpus(value)
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        from tessera.scheduler.registry import SCHEDULERS
+
+        if value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}; valid: {', '.join(sorted(SCHEDULERS))}")
         return value
 
     @property

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tessera.scheduler.cycle import TesseraScheduler
 from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import Scheduler
 
-SCHEDULERS: dict[str, Callable[[], Scheduler]] = {"firstfit": FirstFit}
+SCHEDULERS: dict[str, Callable[[], Scheduler]] = {"tessera": TesseraScheduler, "firstfit": FirstFit}
 
 
 def make(name: str) -> Scheduler:

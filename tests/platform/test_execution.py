@@ -6,8 +6,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.scheduling import SchedulingLoop
 from tessera.platform.store.types import utcnow
@@ -47,7 +45,10 @@ def test_slices_pack_without_overcommit(api: Api) -> None:
     bound = [n for n, j in jobs.items() if j["status"]["state"] == "SCHEDULED"]
     assert len(bound) == 2  # 2 x 30Gi fit an 80Gi GPU; a third would not
     waiting = [j["status"]["pending_reason"] for j in jobs.values() if j["status"]["state"] == "PENDING"]
-    assert all(r["code"] == "Unschedulable" and "30Gi" in r["message"] for r in waiting)
+    # 30Gi of an 80Gi GPU also takes 37.5% of its compute: either shortage may be the one named
+    assert all(
+        r["code"] == "Unschedulable" and ("30Gi" in r["message"] or "37.5%" in r["message"]) for r in waiting
+    ), waiting
     allocs = [a for n in bound for a in api.call("GET", f"/api/v1/jobs/{n}").json()["allocations"]]
     assert sum(a["memory_mib"] for a in allocs) <= 81920
     assert sum(a["compute_pct"] for a in allocs) <= 100
@@ -119,7 +120,6 @@ def test_silent_node_goes_notready_but_not_right_after_a_control_plane_restart(a
     assert api.call("GET", "/api/v1/jobs/next").json()["status"]["pending_reason"]["code"] == "NoReadyNodes"
 
 
-@pytest.mark.xfail(strict=True, reason="first fit binds whole jobs; the tessera scheduler binds gangs")
 def test_a_gang_smaller_than_the_job_binds_what_fits(api: Api) -> None:
     node(api, gpus=2)
     body = job_body("elastic-ish", gpus=1)

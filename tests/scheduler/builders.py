@@ -2,6 +2,8 @@
 
 ``make_job("a").gpus(0.5).workers(2).priority(10).build()`` -> PendingJob
 ``make_node("n1").gpus(2, "A100-80GB", 81920).cpu(32).memory("256Gi").build()`` -> NodeState
+``make_queue("q").guaranteed(gpu=4).borrow(gpu=2).weight(2).parent("root").build()`` -> QueueState
+``start(nodes, [make_job("r").gpus(1).running(on="n1", started_minutes_ago=30)])`` -> nodes, RunningJobs
 
 Ids are uuid5 of names and times are fixed, so equal builders give equal values.
 """
@@ -10,22 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tessera.api.quantities import parse_memory_mib
 from tessera.api.resources import Resources
+from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
+    Amounts,
     Bind,
+    Decisions,
     GpuState,
     NodeState,
     PendingJob,
+    QueueState,
+    RunningJob,
     Snapshot,
     TaskRequest,
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=1)
+"""The ``now`` of every snapshot built here."""
 _NS = uuid.UUID("6f1c1e0a-0000-4000-8000-000000000000")
 
 
@@ -51,6 +60,9 @@ class JobBuilder:
         self._replicas = 1
         self._fields: dict[str, Any] = {}
         self._extra: list[tuple[str, int, dict[str, Any]]] = []
+        self._preemptible = False
+        self._min_available: int | None = None
+        self.run_on: tuple[str | None, float] | None = None  # (node, minutes ago) once running()
 
     def gpus(self, gpus: float) -> JobBuilder:
         self._fields["gpus"] = gpus
@@ -106,6 +118,20 @@ class JobBuilder:
         self._queue = queue
         return self
 
+    def preemptible(self, preemptible: bool = True) -> JobBuilder:
+        self._preemptible = preemptible
+        return self
+
+    def min_available(self, count: int) -> JobBuilder:
+        """Gang size: at least this many tasks placed together (default: all)."""
+        self._min_available = count
+        return self
+
+    def running(self, on: str | None = None, started_minutes_ago: float = 10) -> JobBuilder:
+        """Make this a running job for :func:`start`: placed first-fit (on node ``on`` if given)."""
+        self.run_on = (on, started_minutes_ago)
+        return self
+
     def build(self) -> PendingJob:
         groups = [(self._group, self._replicas, self._fields), *self._extra]
         tasks = tuple(
@@ -120,6 +146,8 @@ class JobBuilder:
             priority=self._priority,
             submitted_at=self._submitted,
             tasks=tasks,
+            preemptible=self._preemptible,
+            min_available=self._min_available,
         )
 
 
@@ -194,9 +222,16 @@ def make_node(name: str) -> NodeBuilder:
     return NodeBuilder(name)
 
 
-def snapshot(nodes: Iterable[NodeState], jobs: Iterable[PendingJob]) -> Snapshot:
-    """A snapshot at a fixed time."""
-    return Snapshot(nodes=tuple(nodes), pending=tuple(jobs), now=T0 + timedelta(hours=1))
+def snapshot(
+    nodes: Iterable[NodeState],
+    jobs: Iterable[PendingJob],
+    running: Iterable[RunningJob] = (),
+    queues: Iterable[QueueState] = (),
+) -> Snapshot:
+    """A snapshot at a fixed time (NOW)."""
+    return Snapshot(
+        nodes=tuple(nodes), pending=tuple(jobs), now=NOW, running=tuple(running), queues=tuple(queues)
+    )
 
 
 def apply_binds(
@@ -232,3 +267,136 @@ def apply_binds(
             )
         )
     return out
+
+
+def _amounts(gpu: float, cpu: float, memory: str | int) -> Amounts:
+    return Amounts(float(gpu), float(cpu), float(parse_memory_mib(memory)))
+
+
+class QueueBuilder:
+    """Builds a QueueState: no quota (unlimited borrowing), weight 1, a root unless parent() is called."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._parent: str | None = None
+        self._guaranteed = Amounts()
+        self._borrow: Amounts | None = None
+        self._weight = 1.0
+
+    def guaranteed(self, gpu: float = 0, cpu: float = 0, memory: str | int = 0) -> QueueBuilder:
+        self._guaranteed = _amounts(gpu, cpu, memory)
+        return self
+
+    def borrow(self, gpu: float = 0, cpu: float = 0, memory: str | int = 0) -> QueueBuilder:
+        """Borrowing limit beyond the guarantee."""
+        self._borrow = _amounts(gpu, cpu, memory)
+        return self
+
+    def weight(self, weight: float) -> QueueBuilder:
+        self._weight = weight
+        return self
+
+    def parent(self, parent: str) -> QueueBuilder:
+        self._parent = parent
+        return self
+
+    def build(self) -> QueueState:
+        return QueueState(self._name, self._parent, self._guaranteed, self._borrow, self._weight)
+
+
+def make_queue(name: str) -> QueueBuilder:
+    """Start a queue builder."""
+    return QueueBuilder(name)
+
+
+def to_running(job: PendingJob, bind: Bind, started_at: datetime) -> RunningJob:
+    """The running job a bind makes: its placements and its placed tasks' host usage."""
+    resources = {t.task_id: t.resources for t in job.tasks}
+    nodes = bind.task_nodes()
+    host = tuple(
+        (nodes[t.task_id], t.resources.cpu, t.resources.memory) for t in job.tasks if t.task_id in nodes
+    )
+    return RunningJob(
+        job_id=job.job_id,
+        name=job.name,
+        queue=job.queue,
+        priority=job.priority,
+        preemptible=job.preemptible,
+        started_at=started_at,
+        placements=bind.placements,
+        cpu=sum(resources[t].cpu for t in nodes),
+        memory_mib=sum(resources[t].memory for t in nodes),
+        host_usage=host,
+    )
+
+
+def start(
+    nodes: Iterable[NodeState | NodeBuilder], running: Iterable[JobBuilder]
+) -> tuple[list[NodeState], list[RunningJob]]:
+    """Nodes with these jobs already running on them (first fit, in order), and the running jobs."""
+    states = [n.build() if isinstance(n, NodeBuilder) else n for n in nodes]
+    out = []
+    for builder in running:
+        job = builder.build()
+        on, minutes = builder.run_on or (None, 10)
+        targets = [n for n in states if on is None or n.name == on]
+        decisions = FirstFit().cycle(snapshot(targets, [job]))
+        assert decisions.binds, f"running job {job.name} does not fit: {decisions.pending}"
+        states = apply_binds(states, [job], decisions.binds)
+        out.append(to_running(job, decisions.binds[0], NOW - timedelta(minutes=minutes)))
+    return states, out
+
+
+def release(nodes: Iterable[NodeState], jobs: Iterable[RunningJob]) -> list[NodeState]:
+    """Nodes with these running jobs' usage taken off."""
+    gpu_use: dict[tuple[str, str], tuple[int, float]] = {}
+    host_use: dict[str, tuple[float, int]] = {}
+    for job in jobs:
+        for p in job.placements:
+            if p.gpu_uuid is not None:
+                memory, compute = gpu_use.get((p.node, p.gpu_uuid), (0, 0.0))
+                gpu_use[(p.node, p.gpu_uuid)] = (memory + p.memory_mib, compute + p.compute_pct)
+        for where, cpu, memory_mib in job.host_usage:
+            used_cpu, used_memory = host_use.get(where, (0.0, 0))
+            host_use[where] = (used_cpu + cpu, used_memory + memory_mib)
+    out = []
+    for node in nodes:
+        gpus = tuple(
+            dataclasses.replace(
+                g,
+                used_memory_mib=g.used_memory_mib - gpu_use.get((node.name, g.uuid), (0, 0.0))[0],
+                used_compute_pct=max(0.0, g.used_compute_pct - gpu_use.get((node.name, g.uuid), (0, 0.0))[1]),
+            )
+            for g in node.gpus
+        )
+        cpu, memory = host_use.get(node.name, (0.0, 0))
+        out.append(
+            dataclasses.replace(
+                node,
+                gpus=gpus,
+                used_cpu=max(0.0, node.used_cpu - cpu),
+                used_memory_mib=node.used_memory_mib - memory,
+            )
+        )
+    return out
+
+
+def apply_decisions(snap: Snapshot, decisions: Decisions, specs: Mapping[uuid.UUID, PendingJob]) -> Snapshot:
+    """The snapshot a minute later: binds running, evicted jobs stopped and pending again (from ``specs``)."""
+    pending = {j.job_id: j for j in snap.pending}
+    running = {j.job_id: j for j in snap.running}
+    evicted = [running.pop(e.job_id) for e in decisions.evictions]
+    nodes = release(snap.nodes, evicted)
+    bound = [pending.pop(b.job_id) for b in decisions.binds]
+    nodes = apply_binds(nodes, bound, decisions.binds)
+    for job, bind in zip(bound, decisions.binds, strict=True):
+        running[job.job_id] = to_running(job, bind, snap.now)
+    for stopped in evicted:
+        pending[stopped.job_id] = specs[stopped.job_id]
+    return dataclasses.replace(
+        snap,
+        nodes=tuple(nodes),
+        pending=tuple(pending.values()),
+        running=tuple(running.values()),
+        now=snap.now + timedelta(minutes=1),
+    )

@@ -16,6 +16,7 @@ from tessera.platform.controllers.scheduling import SchedulingLoop
 from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
 from tessera.platform.store.types import utcnow
+from tessera.scheduler.registry import make
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
 
 def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
     """Start every controller loop; the caller cancels the tasks at shutdown."""
-    scheduling = SchedulingLoop(db)
+    scheduling = SchedulingLoop(db, make(settings.scheduler))
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     started = utcnow()
     return [

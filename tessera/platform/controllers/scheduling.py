@@ -30,7 +30,7 @@ from tessera.platform.store.feed import Compacted, changes_after
 from tessera.platform.store.rows import JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
-from tessera.scheduler.firstfit import FirstFit
+from tessera.scheduler.registry import make
 
 log = logging.getLogger(__name__)
 KINDS = ("job", "node", "queue")
@@ -214,7 +214,7 @@ class SchedulingLoop:
 
     def __init__(self, db: Database, scheduler: model.Scheduler | None = None) -> None:
         self.db = db
-        self.scheduler = scheduler or FirstFit()
+        self.scheduler = scheduler or make("tessera")
         self.view = ClusterView()
         self._dirty = True
 

@@ -1,0 +1,375 @@
+"""The Tessera scheduler: quotas, fair share, gangs and preemption in one cycle.
+
+A cycle is numbered steps over an immutable snapshot (../shared/DESIGN.md):
+
+1. Admit by queue quota: placing a job keeps its queue and every ancestor
+   within guaranteed + borrowing limit, or it waits (``QuotaExceeded``).
+2. Order: hierarchical DRF. At each level of the queue tree the child with the
+   smallest weighted dominant share goes next (ties by name); within a queue,
+   priority, then submit time, then id. Jobs whose placement keeps their queue
+   within its guarantee are taken first, borrowers after: what a queue is owed
+   comes before what it borrows, and preemption relies on it (see preempt.py).
+   Usage grows as jobs are placed, so fairness holds within one cycle.
+3. Allocate each gang all-or-nothing: ``gang_size`` tasks at least, as many as
+   fit up to all of them; the bind lists the placed tasks.
+4. Preempt or reclaim whole gangs for a job that does not fit: the cheapest
+   set, never one that would not lead to a placement. The job is not bound in
+   the same cycle; the room is held for it for the rest of the cycle.
+
+Steps 5 (backfill) and 6 (elastic resizing) are not implemented yet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tessera.api.jobs import PendingReason
+from tessera.api.resources import GpuKind, Resources
+from tessera.scheduler.model import (
+    GANG_TOO_LARGE,
+    NO_NODES,
+    NO_NODES_MESSAGE,
+    NO_READY_NODES,
+    NO_READY_NODES_MESSAGE,
+    UNSCHEDULABLE,
+    Amounts,
+    Bind,
+    Decisions,
+    Eviction,
+    PendingJob,
+    SlicePlacement,
+    Snapshot,
+    TaskRequest,
+)
+from tessera.scheduler.placement import EMPTY, LIVE, ShapeKey, Workspace, plural, shape_key, shortage
+from tessera.scheduler.preempt import (
+    PREEMPTING,
+    Victim,
+    Victims,
+    eviction_message,
+    host_usage,
+    preempting_message,
+)
+from tessera.scheduler.quota import QUOTA_EXCEEDED, FairOrder, QueueTree, Shape, gpu_charge, job_order
+
+MIG_NOT_SUPPORTED = "MIG placement is not supported by the tessera scheduler yet"
+
+_Signature = tuple[tuple[ShapeKey, ...], int]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """A placement attempt: the placed tasks (left in the workspace) or why it failed (rolled back)."""
+
+    placements: list[SlicePlacement]
+    charge: Amounts
+    why: str | None = None
+    quota: bool = False
+
+
+class TesseraScheduler:
+    """Quota-, fairness- and preemption-aware gang scheduler (see the module docstring)."""
+
+    name = "tessera"
+
+    def cycle(self, snapshot: Snapshot) -> Decisions:
+        """Decide binds, evictions and a pending reason for every job not bound."""
+        jobs = sorted(snapshot.pending, key=job_order)
+        if not snapshot.nodes:
+            return _all_waiting(jobs, NO_NODES, NO_NODES_MESSAGE)
+        if not any(n.ready for n in snapshot.nodes):
+            return _all_waiting(jobs, NO_READY_NODES, NO_READY_NODES_MESSAGE)
+        return _Cycle(snapshot).run(jobs)
+
+
+def _all_waiting(jobs: list[PendingJob], code: str, message: str) -> Decisions:
+    reason = PendingReason(code=code, message=message)
+    return Decisions(binds=(), pending={job.job_id: reason for job in jobs})
+
+
+def _least(shapes: Sequence[Shape], gang: int) -> Amounts:
+    """A lower bound on any gang's charge: per resource, the ``gang`` smallest tasks."""
+    gpu = sum(sorted(s.charge_lb for s in shapes)[:gang])
+    cpu = sum(sorted(s.cpu for s in shapes)[:gang])
+    return Amounts(gpu, cpu, float(sum(sorted(s.memory for s in shapes)[:gang])))
+
+
+class _Cycle:
+    """The working state of one cycle."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self.live = Workspace(snapshot.nodes, empty=False, indexed=True)
+        self._empty: Workspace | None = None  # built on the first job that needs it
+        gpus = [g for n in snapshot.nodes for g in n.gpus]
+        self._gpu_memory = {g.uuid: g.memory_mib for g in gpus}
+        self._gpu_models = sorted({(g.model, g.memory_mib) for g in gpus if not g.mig_mode})
+        ready = [n for n in snapshot.nodes if n.ready]
+        totals = Amounts(
+            float(sum(len(n.gpus) for n in ready)),
+            sum(n.cpu for n in ready),
+            float(sum(n.memory_mib for n in ready)),
+        )
+        running = sorted(snapshot.running, key=lambda j: j.job_id)
+        names = {j.queue for j in snapshot.pending} | {j.queue for j in running}
+        self.tree = QueueTree(snapshot.queues, names, totals)
+        self._victims = Victims(running, self.tree, self._gpu_memory, {n.name for n in ready}, snapshot.now)
+        for job in running:
+            self.tree.add(job.queue, self._victims.charges[job.job_id])
+        self._shapes: dict[ShapeKey, Shape] = {}
+        self._never: dict[_Signature, str | None] = {}
+        self._failed: dict[tuple[_Signature, int], str] = {}  # live attempts that failed, by state version
+        self._hopeless: set[tuple[object, ...]] = set()  # jobs no eviction could help, by state
+        # Queues whose guarantee a preemptor holds room in this cycle, and for whom. Borrowers may not
+        # take them past their guarantee until it binds, or next cycle the preemptor would borrow too,
+        # lose its place before its victims and have its room taken back.
+        self._owed_to: dict[str, str] = {}
+        self._order = FairOrder(self.tree, ())
+        self.binds: list[Bind] = []
+        self.pending: dict[uuid.UUID, PendingReason] = {}
+        self.evictions: list[Eviction] = []
+
+    def run(self, jobs: Sequence[PendingJob]) -> Decisions:
+        """Steps 1-4 over every pending job: what is owed first, then what is borrowed."""
+        deferred = []
+        self._order = FairOrder(self.tree, jobs)
+        while (job := self._order.pop()) is not None:
+            if self._entitled(job):
+                self._schedule(job)
+            else:
+                deferred.append(job)
+        self._order = FairOrder(self.tree, deferred)
+        while (job := self._order.pop()) is not None:
+            self._schedule(job)
+        return Decisions(binds=tuple(self.binds), pending=self.pending, evictions=tuple(self.evictions))
+
+    def _shape(self, res: Resources) -> Shape:
+        key = shape_key(res)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = Shape.of(res, self._gpu_models)
+        return shape
+
+    def _most(self, job: PendingJob) -> Amounts:
+        """The largest charge the job can have: every task placed, each on its dearest GPU."""
+        shapes = [self._shape(t.resources) for t in job.tasks]
+        return Amounts(
+            sum(s.charge_ub for s in shapes), sum(s.cpu for s in shapes), float(sum(s.memory for s in shapes))
+        )
+
+    def _entitled(self, job: PendingJob) -> bool:
+        """Whether the queue path stays within its guarantee even with every task at its dearest."""
+        return self.tree.within_guarantee(job.queue, self._most(job))
+
+    def _wait(self, job: PendingJob, code: str, message: str) -> None:
+        self.pending[job.job_id] = PendingReason(code=code, message=message)
+
+    def _schedule(self, job: PendingJob) -> None:
+        if any(t.resources.kind is GpuKind.MIG for t in job.tasks):
+            return self._wait(job, UNSCHEDULABLE, MIG_NOT_SUPPORTED)
+        shapes = [self._shape(t.resources) for t in job.tasks]
+        # min_available past the task count is a spec error; the whole gang is the most it can mean.
+        gang = max(1, min(job.gang_size, len(job.tasks)))
+        signature = (tuple(shape_key(t.resources) for t in job.tasks), gang)
+        # A gang the emptied cluster cannot hold says so before anything else (it waits for nodes,
+        # not quota), but that test is only run once the job has failed otherwise: most jobs fit.
+        breach = self._breach(job.queue, _least(shapes, gang), None)
+        if breach is not None:
+            return self._wait(job, *self._unless_never(job, gang, signature, QUOTA_EXCEEDED, breach))
+
+        key = (signature, self.live.version)
+        failed = self._failed.get(key)
+        attempt = (
+            _Attempt([], Amounts(), failed) if failed is not None else self.attempt(job, shapes, gang, None)
+        )
+        if attempt.why is None:
+            self.binds.append(Bind(job.job_id, tuple(attempt.placements)))
+            self.live.commit()
+            self._charge(job.queue, attempt.charge)
+            return None
+        code = QUOTA_EXCEEDED if attempt.quota else UNSCHEDULABLE
+        code, why = self._unless_never(job, gang, signature, code, attempt.why)
+        if code == UNSCHEDULABLE:
+            self._failed[key] = why
+            if self._preempt(job, shapes, gang, signature):
+                return None
+        return self._wait(job, code, why)
+
+    def _unless_never(
+        self, job: PendingJob, gang: int, signature: _Signature, code: str, message: str
+    ) -> tuple[str, str]:
+        never = self._never_fits(job, gang, signature)
+        return (code, message) if never is None else (GANG_TOO_LARGE, never)
+
+    def _breach(self, queue: str, charge: Amounts, removed: dict[str, Amounts] | None) -> str | None:
+        """Why ``charge`` may not be added to the queue: a borrowing limit, or a guarantee being won back."""
+        message = self.tree.limit_breach(queue, charge, removed)
+        if message is not None:
+            return message
+        for name in self.tree.paths[queue]:
+            holder = self._owed_to.get(name)
+            if holder is not None and self.tree.borrows(name, removed or {}, charge):
+                return (
+                    f"queue '{name}' is winning back its guaranteed quota for job '{holder}': "
+                    f"no borrowing from it until that job is placed"
+                )
+        return None
+
+    def _charge(self, queue: str, amounts: Amounts) -> None:
+        self.tree.add(queue, amounts)
+        self._order.usage_changed(queue)
+
+    def attempt(
+        self, job: PendingJob, shapes: Sequence[Shape], gang: int, removed: dict[str, Amounts] | None
+    ) -> _Attempt:
+        """Place ``gang`` to all of the job's tasks, within quota (``removed``: usage of victims).
+
+        On success the placements stay in the live workspace; on failure it is as before.
+        """
+        ws, tasks = self.live, job.tasks
+        index = ws.index
+        assert index is not None  # the live workspace is built indexed
+        total = len(tasks)
+        elastic = gang < total
+        # Necessary conditions first (O(log nodes) each), so most hopeless jobs never scan the nodes.
+        shortages = [index.task_shortage(t, s) for t, s in zip(tasks, shapes, strict=True)]
+        maybe = [i for i, why in enumerate(shortages) if why is None]
+        if len(maybe) < gang:
+            first = next(why for why in shortages if why is not None)
+            return self._failure(first, gang, total, f"at most {len(maybe)}" if elastic else None)
+        gang_why = index.gang_shortage([shapes[i] for i in maybe], gang)
+        if gang_why is not None:
+            return self._failure(gang_why, gang, total, None)
+
+        start = ws.mark()
+        cursors: dict[ShapeKey, int] = {}
+        placed: list[tuple[TaskRequest, list[SlicePlacement], int]] = []
+        first_failed: TaskRequest | None = None
+        for n, i in enumerate(maybe):
+            if len(placed) + len(maybe) - n < gang:
+                break  # too many have failed for the rest to make up the gang
+            mark = ws.mark()
+            placements = ws.place_task(tasks[i], cursors)
+            if placements is not None:
+                placed.append((tasks[i], placements, mark))
+                continue
+            if not elastic:
+                why = shortage(ws, tasks[i], len(placed), LIVE)
+                ws.rollback(start)
+                return self._failure(why, gang, total, None)
+            first_failed = first_failed or tasks[i]
+        if len(placed) < gang:
+            why = shortage(ws, first_failed or tasks[0], 0, LIVE)
+            ws.rollback(start)
+            return self._failure(why, gang, total, str(len(placed)))
+
+        charges = [
+            Amounts(gpu_charge(p, self._gpu_memory), t.resources.cpu, float(t.resources.memory))
+            for t, p, _ in placed
+        ]
+        prefix = [Amounts()]
+        for charge in charges:
+            prefix.append(prefix[-1] + charge)
+        keep = len(placed)
+        while keep >= gang and self._breach(job.queue, prefix[keep], removed) is not None:
+            keep -= 1
+        if keep < gang:
+            why = self._breach(job.queue, prefix[gang], removed) or ""
+            ws.rollback(start)
+            return _Attempt([], Amounts(), why, quota=True)
+        if keep < len(placed):
+            ws.rollback(placed[keep][2])  # the later tasks would pass the borrowing limit
+        return _Attempt([p for _, ps, _ in placed[:keep] for p in ps], prefix[keep])
+
+    @staticmethod
+    def _failure(detail: str, gang: int, total: int, fit_now: str | None) -> _Attempt:
+        if gang < total and fit_now is not None:
+            detail = f"gang needs {gang} of its {total} tasks placed together, {fit_now} fit now: {detail}"
+        return _Attempt([], Amounts(), f"waiting for capacity: {detail}")
+
+    def _never_fits(self, job: PendingJob, gang: int, signature: _Signature) -> str | None:
+        """GangTooLarge message if the whole cluster, emptied, could not hold the gang; else None."""
+        if signature in self._never:
+            return self._never[signature]
+        if self._empty is None:
+            self._empty = Workspace(self._snapshot.nodes, empty=True)
+        ws, tasks = self._empty, job.tasks
+        start, placed = ws.mark(), 0
+        cursors: dict[ShapeKey, int] = {}
+        why: str | None = None
+        for i, task in enumerate(tasks):
+            if placed + len(tasks) - i < gang:
+                break
+            if ws.place_task(task, cursors) is not None:
+                placed += 1
+            elif why is None:
+                # First fit on the emptied cluster is a sufficient, not exact, test of "never fits":
+                # a smarter packing might fit a mix of slices it refuses. It errs towards waiting.
+                why = shortage(ws, task, placed if gang == len(tasks) else 0, EMPTY)
+                if gang == len(tasks):
+                    break
+        size = plural(len(tasks), "task") if gang == len(tasks) else f"at least {gang} of {len(tasks)} tasks"
+        message = (
+            None if placed >= gang else f"gang of {size} needs more than the whole cluster offers: {why}"
+        )
+        ws.rollback(start)
+        self._never[signature] = message
+        return message
+
+    def _preempt(self, job: PendingJob, shapes: Sequence[Shape], gang: int, signature: _Signature) -> bool:
+        """Step 4: evict the cheapest set of victims that makes room; False if none can."""
+        key = (signature, job.queue, job.priority, self.live.version, len(self._victims.evicted))
+        if key in self._hopeless:
+            return False
+        trial = _Trial(self, job, shapes, gang)
+        most = self._most(job)
+        chosen = self._victims.choose(job, most, trial)
+        if not chosen:
+            self._hopeless.add(key)
+            return False
+        ws = self.live
+        mark = ws.mark()
+        for victim in chosen:
+            trial.release(victim)
+        attempt = self.attempt(job, shapes, gang, self.tree.removal((v.job.queue, v.charge) for v in chosen))
+        assert attempt.why is None, "the chosen victims were just shown to make room"
+        ws.hold_since(mark)
+        ws.commit()
+        self._victims.evict(job, most, chosen, attempt.charge)  # held: later jobs of its queue see it
+        if self.tree.within_guarantee(job.queue, Amounts()):
+            for name in self.tree.paths[job.queue]:
+                self._owed_to.setdefault(name, job.name)
+        for victim in chosen:
+            self._order.usage_changed(victim.job.queue)
+            self.evictions.append(
+                Eviction(victim.job.job_id, job.job_id, victim.reason, eviction_message(victim, job))
+            )
+        self._order.usage_changed(job.queue)
+        self._wait(job, PREEMPTING, preempting_message(chosen))
+        return True
+
+
+class _Trial:
+    """Victim removal for one pending job, simulated on the live workspace (see preempt.Simulation)."""
+
+    def __init__(self, cycle: _Cycle, job: PendingJob, shapes: Sequence[Shape], gang: int) -> None:
+        self._cycle, self._job, self._shapes, self._gang = cycle, job, shapes, gang
+        self._ws = cycle.live
+
+    def mark(self) -> int:
+        return self._ws.mark()
+
+    def rollback(self, mark: int) -> None:
+        self._ws.rollback(mark)
+
+    def release(self, victim: Victim) -> None:
+        self._ws.release(victim.job.placements, host_usage(victim.job))
+
+    def fits(self, victims: Sequence[Victim]) -> bool:
+        removed = self._cycle.tree.removal((v.job.queue, v.charge) for v in victims)
+        mark = self._ws.mark()
+        ok = self._cycle.attempt(self._job, self._shapes, self._gang, removed).why is None
+        self._ws.rollback(mark)
+        return ok

@@ -1,0 +1,78 @@
+"""The tessera scheduler in the control plane: quotas, reclaim and priority preemption, end to end
+through the store (no processes: node agents are played by their reports)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tessera.platform.controllers.scheduling import SchedulingLoop
+from tessera.scheduler.registry import make
+from tests.conftest import Api, job_body
+from tests.platform.test_execution import node, report
+
+
+def loop(api: Api) -> SchedulingLoop:
+    return SchedulingLoop(api.db, make("tessera"))
+
+
+def state(api: Api, name: str) -> dict[str, Any]:
+    return dict(api.call("GET", f"/api/v1/jobs/{name}").json()["status"])
+
+
+def run(api: Api, token: str, name: str) -> None:
+    report(api, token, api.call("GET", f"/api/v1/jobs/{name}").json(), state="RUNNING")
+
+
+def test_priority_preemption_evicts_then_binds(api: Api) -> None:
+    token = node(api)
+    api.call("POST", "/api/v1/jobs", json={**job_body("low", gpus=1), "preemptible": True, "priority": "low"})
+    scheduler = loop(api)
+    scheduler.step()
+    run(api, token, "low")
+    api.call("POST", "/api/v1/jobs", json={**job_body("vip", gpus=1), "priority": "high"})
+    scheduler.step()
+    assert state(api, "low")["state"] == "PENDING"
+    assert state(api, "low")["pending_reason"]["code"] == "Preempted"
+    scheduler.step()
+    assert state(api, "vip")["state"] == "SCHEDULED"
+    scheduler.step()
+    assert state(api, "low")["state"] == "PENDING"  # and it does not preempt back
+
+
+def test_non_preemptible_jobs_are_never_preempted_for_priority(api: Api) -> None:
+    token = node(api)
+    api.call("POST", "/api/v1/jobs", json={**job_body("steady", gpus=1), "priority": "low"})
+    scheduler = loop(api)
+    scheduler.step()
+    run(api, token, "steady")
+    api.call("POST", "/api/v1/jobs", json={**job_body("vip", gpus=1), "priority": "high"})
+    scheduler.step()
+    scheduler.step()
+    assert state(api, "steady")["state"] == "RUNNING" and state(api, "vip")["state"] == "PENDING"
+
+
+def test_quota_limits_and_reclaim(api: Api) -> None:
+    token = node(api, gpus=2)
+    for name, guaranteed, borrow in (("team-a", 1, 0), ("team-b", 1, 1)):
+        r = api.call(
+            "POST",
+            "/api/v1/queues",
+            json={"name": name, "guaranteed": {"gpu": guaranteed}, "borrowing_limit": {"gpu": borrow}},
+        )
+        assert r.status_code == 201, r.text
+    api.call("PATCH", "/api/v1/projects/default", json={"queues": ["default", "team-a", "team-b"]})
+    for i in range(3):
+        api.call("POST", "/api/v1/jobs", json={**job_body(f"b{i}", gpus=1), "queue": "team-b"})
+    scheduler = loop(api)
+    scheduler.step()
+    assert [state(api, f"b{i}")["state"] for i in range(3)] == ["SCHEDULED", "SCHEDULED", "PENDING"]
+    assert state(api, "b2")["pending_reason"]["code"] == "QuotaExceeded"
+    assert "team-b" in state(api, "b2")["pending_reason"]["message"]
+    for i in range(2):
+        run(api, token, f"b{i}")
+    # team-a is owed one GPU that team-b borrowed: it reclaims a whole job of team-b
+    api.call("POST", "/api/v1/jobs", json={**job_body("a0", gpus=1), "queue": "team-a"})
+    scheduler.step()
+    assert sorted(state(api, f"b{i}")["state"] for i in range(2)) == ["PENDING", "RUNNING"]
+    scheduler.step()
+    assert state(api, "a0")["state"] == "SCHEDULED"
