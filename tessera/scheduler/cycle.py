@@ -133,6 +133,11 @@ class _Cycle:
 
     def run(self, jobs: Sequence[PendingJob]) -> Decisions:
         """Steps 1-4 over every pending job: what is owed first, then what is borrowed."""
+        # jobs that evicted others last cycle go first: the room they freed is theirs, and
+        # letting another queue take it would only make them evict again
+        for claimant in sorted((j for j in jobs if j.preempting), key=job_order):
+            self._schedule(claimant)
+        jobs = [j for j in jobs if not j.preempting]
         deferred = []
         self._order = FairOrder(self.tree, jobs)
         while (job := self._order.pop()) is not None:

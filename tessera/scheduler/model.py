@@ -134,6 +134,7 @@ class PendingJob:
     submitted_at: datetime
     tasks: tuple[TaskRequest, ...]
     preemptible: bool = False
+    preempting: bool = False  # it evicted jobs last cycle and waits for the room they free
     min_available: int | None = None  # gang size; None means every task
     expected_runtime_s: float | None = None
 

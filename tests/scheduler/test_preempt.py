@@ -285,3 +285,21 @@ def test_replayed_cycles_converge_without_ping_pong() -> None:
         assert not {(b, a) for a, b in pairs} & set(pairs), seed
         evictions += len(pairs)
     assert evictions > 50  # the generator must make preemption happen
+
+
+def test_a_job_that_evicted_others_claims_the_freed_room_first() -> None:
+    import dataclasses
+
+    # one free GPU; two idle queues of equal weight: the fair order would take 'a' first (ties go
+    # by name), but 'b's job evicted for this room last cycle, so it is placed first
+    nodes = [make_node("n1").gpus(1).build()]
+    queues = (make_queue("a").build(), make_queue("b").build())
+    claimant = dataclasses.replace(
+        make_job("claimant").gpus(1).queue("b").submitted(5).build(), preempting=True
+    )
+    other = make_job("other").gpus(1).queue("a").submitted(1).build()
+    decisions = TesseraScheduler().cycle(snapshot(nodes, [other, claimant], queues=queues))
+    assert [b.job_id for b in decisions.binds] == [claimant.job_id]
+    plain = dataclasses.replace(claimant, preempting=False)
+    decisions = TesseraScheduler().cycle(snapshot(nodes, [other, plain], queues=queues))
+    assert [b.job_id for b in decisions.binds] == [other.job_id]  # without the claim, fair order rules

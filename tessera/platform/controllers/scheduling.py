@@ -30,6 +30,7 @@ from tessera.platform.store.feed import Compacted, changes_after
 from tessera.platform.store.rows import JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
+from tessera.scheduler.preempt import PREEMPTING
 from tessera.scheduler.registry import make
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class ClusterView:
                         submitted_at=job.status.submitted_at,
                         tasks=tasks,
                         preemptible=job.spec.preemptible,
+                        preempting=(job.status.pending_reason or PendingReason(code="", message="")).code
+                        == PREEMPTING,
                         min_available=gang if gang < len(tasks) else None,
                         expected_runtime_s=_seconds(job.spec.expected_runtime),
                     )
