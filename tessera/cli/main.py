@@ -39,10 +39,17 @@ def version(
 
 @app.command()
 def up(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8470,
+    host: Annotated[
+        str, typer.Option(envvar="TESSERA_HOST", help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="TESSERA_PORT", min=1, max=65535, help="Port to listen on.")
+    ] = 8470,
     simulate_gpus: Annotated[
-        str | None, typer.Option(help="Simulated GPUs for this machine's node, e.g. 2xA100-80GB.")
+        str | None,
+        typer.Option(
+            envvar="TESSERA_SIMULATE_GPUS", help="Simulated GPUs for this machine's node, e.g. 2xA100-80GB."
+        ),
     ] = None,
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
     agent: Annotated[bool, typer.Option(help="Start (or reuse) this machine's node agent, detached.")] = True,
@@ -81,8 +88,10 @@ def up(
     out.print(
         "From a second terminal:\n"
         f"  export TESSERA_HOME={settings.home}\n"
-        "  .venv/bin/tessera submit train --name hello --gpu-memory 4Gi -- python -c 'print(1)'\n"
-        "  .venv/bin/tessera list ; .venv/bin/tessera get hello\n"
+        "  .venv/bin/tessera submit train --name hello --gpu-memory 4Gi --gpu-compute 30 "
+        "-- python examples/hello_train.py\n"
+        "  .venv/bin/tessera list ; .venv/bin/tessera get hello ; .venv/bin/tessera logs -f hello\n"
+        "  .venv/bin/tessera down   # stops the agent and this control plane\n"
         f"The CLI reads its token from {settings.credentials_path} (written on first start).",
         highlight=False,
     )
