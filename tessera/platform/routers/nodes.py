@@ -17,26 +17,29 @@ router = APIRouter(prefix="/nodes", tags=["nodes"])
 
 
 @router.post("", response_model=Node)
-async def register_node(req: RegisterNodeRequest, db: DbDep, _: NodePrincipal) -> Node:
+async def register_node(req: RegisterNodeRequest, db: DbDep, caller: NodePrincipal) -> Node:
     """Register or refresh a node (node-scope token)."""
-    return await run_in_threadpool(service.register_node, db, req)
+    return await run_in_threadpool(service.register_node, db, req, caller)
 
 
 @router.post("/{name}/heartbeat", response_model=Node)
-async def heartbeat(name: str, db: DbDep, _: NodePrincipal) -> Node:
+async def heartbeat(name: str, db: DbDep, caller: NodePrincipal) -> Node:
+    await run_in_threadpool(service.check_agent, db, caller, name)
     return await run_in_threadpool(service.heartbeat, db, name)
 
 
 @router.get("/{name}/assignments", response_model=Page[Job])
-async def assignments(name: str, db: DbDep, _: NodePrincipal) -> Page[Job]:
+async def assignments(name: str, db: DbDep, caller: NodePrincipal) -> Page[Job]:
     """Jobs with tasks on this node; watch ``kind=job`` from ``revision`` for changes."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
     jobs, revision = await run_in_threadpool(service.assignments, db, name)
     return Page[Job](items=jobs, revision=revision)
 
 
 @router.post("/{name}/reports", response_model=dict[str, int])
-async def report_tasks(name: str, req: TaskReports, db: DbDep, _: NodePrincipal) -> dict[str, int]:
+async def report_tasks(name: str, req: TaskReports, db: DbDep, caller: NodePrincipal) -> dict[str, int]:
     """Task states from the node's agent (idempotent; stale attempts are ignored)."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
     applied = await run_in_threadpool(apply_reports, db, name, req.reports)
     return {"applied": applied}
 

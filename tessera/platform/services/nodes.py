@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 
 from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
 from tessera.api.jobs import Job
-from tessera.platform.problems import NotFound
+from tessera.platform.auth import Principal
+from tessera.platform.problems import Forbidden, NotFound
 from tessera.platform.services import convert
 from tessera.platform.services.common import emit, put, remove
 from tessera.platform.store.db import Database, Tx
@@ -15,13 +16,27 @@ from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow, TaskRow
 from tessera.platform.store.types import utcnow
 
 
-def register_node(db: Database, req: RegisterNodeRequest) -> Node:
+def check_agent(db: Database, caller: Principal, name: str) -> None:
+    """A node-scope token acts only as nodes its user registered (admins act as any)."""
+    if caller.admin:
+        return
+    with db.read() as session:
+        owner = session.execute(select(NodeRow.agent_user_id).where(NodeRow.name == name)).first()
+    if owner is not None and owner[0] is not None and owner[0] != caller.user_id:
+        raise Forbidden(f"node {name!r} belongs to another agent's credentials; use that node's token")
+
+
+def register_node(db: Database, req: RegisterNodeRequest, caller: Principal | None = None) -> Node:
     """Create or refresh a node (agents call this at every start)."""
+    if caller is not None:
+        check_agent(db, caller, req.name)
     with db.write() as tx:
         row = tx.session.execute(select(NodeRow).where(NodeRow.name == req.name)).scalar_one_or_none()
         joined = row is None
         if row is None:
             row = NodeRow(name=req.name)
+        if caller is not None and not caller.admin and row.agent_user_id is None:
+            row.agent_user_id = caller.user_id
         row.labels = dict(req.labels)
         row.inventory = req.inventory.model_dump(mode="json")
         row.state = NodeState.READY.value

@@ -143,6 +143,8 @@ class NodeRow(Stored):
     agent_url: Mapped[str | None] = mapped_column(String(255))
     # presented by the control plane when it calls the agent (logs); never rendered
     agent_secret: Mapped[str | None] = mapped_column(String(128))
+    # the user whose node-scope tokens may act as this node (set when it first registers)
+    agent_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
 
 class JobRow(Stored):
