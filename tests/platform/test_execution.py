@@ -191,12 +191,13 @@ def test_a_node_token_acts_only_as_its_own_nodes(api: Api) -> None:
     mine = node(api, "n1")
     other = node(api, "n2")
     assert api.call("POST", "/api/v1/nodes/n1/heartbeat", token=mine).status_code == 200
-    for method, path, body in [
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
         ("POST", "/api/v1/nodes/n1/heartbeat", None),
         ("GET", "/api/v1/nodes/n1/assignments", None),
         ("POST", "/api/v1/nodes/n1/reports", {"reports": []}),
         ("POST", "/api/v1/nodes", {"name": "n1", "inventory": {"gpus": [], "cpu": 1, "memory": "1Gi"}}),
-    ]:
+    ]
+    for method, path, body in calls:
         r = api.call(method, path, token=other, json=body)
         assert r.status_code == 403 and "another agent" in r.json()["detail"], (path, r.text)
     assert api.call("POST", "/api/v1/nodes/n1/heartbeat").status_code == 200  # admins may
