@@ -208,6 +208,7 @@ class Allocation(Model):
     memory_mib: int = 0
     compute_pct: float = 0
     tier: str | None = None
+    attempt: int = 0
 
 
 class Attempt(Model):
@@ -228,6 +229,11 @@ class Job(Meta):
     tasks: list[Task] = Field(default_factory=list)
     attempts: list[Attempt] = Field(default_factory=list)
     allocations: list[Allocation] = Field(default_factory=list)
+    draining: list[Allocation] = Field(
+        default_factory=list,
+        description="Slices of ended attempts whose processes have not been seen to exit yet; "
+        "they still count against their GPUs.",
+    )
 
 
 class NodeFit(Model):

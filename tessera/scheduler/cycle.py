@@ -198,6 +198,10 @@ class _Cycle:
         code, why = self._unless_never(job, gang, signature, code, attempt.why)
         if code == UNSCHEDULABLE:
             self._failed[key] = why
+            if job.preempting:
+                # its victims are still stopping (their slices drain until they exit): wait for
+                # them rather than evict more
+                return self._wait(job, PREEMPTING, "waiting for the jobs it evicted to stop")
             if self._preempt(job, shapes, gang, signature):
                 return None
         return self._wait(job, code, why)

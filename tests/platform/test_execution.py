@@ -201,3 +201,22 @@ def test_a_node_token_acts_only_as_its_own_nodes(api: Api) -> None:
         r = api.call(method, path, token=other, json=body)
         assert r.status_code == 403 and "another agent" in r.json()["detail"], (path, r.text)
     assert api.call("POST", "/api/v1/nodes/n1/heartbeat").status_code == 200  # admins may
+
+
+def test_an_ended_attempts_slice_drains_until_its_process_exits(api: Api) -> None:
+    token = node(api)
+    api.call("POST", "/api/v1/jobs", json=job_body("old", gpus=1))
+    api.call("POST", "/api/v1/jobs", json=job_body("next", gpus=1))
+    loop = SchedulingLoop(api.db)
+    loop.step()
+    old = api.call("GET", "/api/v1/jobs/old").json()
+    report(api, token, old, state="RUNNING")
+    api.call("POST", "/api/v1/jobs/old/cancel")
+    cancelled = api.call("GET", "/api/v1/jobs/old").json()
+    assert cancelled["allocations"] == [] and len(cancelled["draining"]) == 1
+    loop.step()
+    assert api.call("GET", "/api/v1/jobs/next").json()["status"]["state"] == "PENDING"  # GPU still held
+    report(api, token, old, state="FAILED", exit_code=143)  # the agent saw the process go
+    assert api.call("GET", "/api/v1/jobs/old").json()["draining"] == []
+    loop.step()
+    assert api.call("GET", "/api/v1/jobs/next").json()["status"]["state"] == "SCHEDULED"

@@ -31,12 +31,33 @@ def test_priority_preemption_evicts_then_binds(api: Api) -> None:
     run(api, token, "low")
     api.call("POST", "/api/v1/jobs", json={**job_body("vip", gpus=1), "priority": "high"})
     scheduler.step()
-    assert state(api, "low")["state"] == "PENDING"
-    assert state(api, "low")["pending_reason"]["code"] == "Preempted"
+    low = api.call("GET", "/api/v1/jobs/low").json()
+    assert low["status"]["state"] == "PENDING" and low["status"]["pending_reason"]["code"] == "Preempted"
+    # the evicted task is still stopping: its slice drains, and nothing else is evicted meanwhile
+    assert len(low["draining"]) == 1 and low["allocations"] == []
+    scheduler.step()
+    assert (
+        state(api, "vip")["state"] == "PENDING"
+        and state(api, "vip")["pending_reason"]["code"] == "Preempting"
+    )
+    exited(api, token, low, exit_code=143)
     scheduler.step()
     assert state(api, "vip")["state"] == "SCHEDULED"
     scheduler.step()
     assert state(api, "low")["state"] == "PENDING"  # and it does not preempt back
+
+
+def exited(api: Api, token: str, job: dict[str, Any], exit_code: int) -> None:
+    """The agent reports that an evicted attempt's processes are gone (its slices drain away)."""
+    body = {
+        "reports": [
+            {"task_id": a["task_id"], "attempt": a["attempt"], "state": "FAILED", "exit_code": exit_code}
+            for a in job["draining"]
+        ]
+    }
+    r = api.call("POST", f"/api/v1/nodes/{job['draining'][0]['node']}/reports", token=token, json=body)
+    assert r.status_code == 200, r.text
+    assert api.call("GET", f"/api/v1/jobs/{job['name']}").json()["draining"] == []
 
 
 def test_non_preemptible_jobs_are_never_preempted_for_priority(api: Api) -> None:
@@ -74,5 +95,7 @@ def test_quota_limits_and_reclaim(api: Api) -> None:
     api.call("POST", "/api/v1/jobs", json={**job_body("a0", gpus=1), "queue": "team-a"})
     scheduler.step()
     assert sorted(state(api, f"b{i}")["state"] for i in range(2)) == ["PENDING", "RUNNING"]
+    victim = next(f"b{i}" for i in range(2) if state(api, f"b{i}")["state"] == "PENDING")
+    exited(api, token, api.call("GET", f"/api/v1/jobs/{victim}").json(), exit_code=143)
     scheduler.step()
     assert state(api, "a0")["state"] == "SCHEDULED"

@@ -27,7 +27,7 @@ from tessera.platform.services.execution import bind_job, evict_job
 from tessera.platform.services.jobs import render_job
 from tessera.platform.store.db import Database
 from tessera.platform.store.feed import Compacted, changes_after
-from tessera.platform.store.rows import JobRow, NodeRow, QueueRow, RevisionRow
+from tessera.platform.store.rows import AllocationRow, JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
 from tessera.scheduler.preempt import PREEMPTING
@@ -52,7 +52,7 @@ class ClusterView:
                 self.jobs.pop(change.id, None)
                 return
             job = Job.model_validate(change.object)
-            if job.status.state.terminal:
+            if job.status.state.terminal and not job.draining:
                 self.jobs.pop(job.id, None)
             else:
                 self.jobs[job.id] = job
@@ -75,6 +75,12 @@ class ClusterView:
         pending: list[model.PendingJob] = []
         running: list[model.RunningJob] = []
         for job in self.jobs.values():
+            for alloc in job.draining:  # ended attempts' slices until their processes exit
+                if alloc.gpu_uuid:
+                    used_gpu[alloc.gpu_uuid][0] += alloc.memory_mib
+                    used_gpu[alloc.gpu_uuid][1] += alloc.compute_pct
+            if job.status.state.terminal:
+                continue
             if job.status.state is JobState.PENDING:
                 groups = {g.name: g for g in job.spec.groups}
                 gang = sum(g.gang_size for g in job.spec.groups)
@@ -93,8 +99,7 @@ class ClusterView:
                         submitted_at=job.status.submitted_at,
                         tasks=tasks,
                         preemptible=job.spec.preemptible,
-                        preempting=(job.status.pending_reason or PendingReason(code="", message="")).code
-                        == PREEMPTING,
+                        preempting=_claiming(job, now),
                         min_available=gang if gang < len(tasks) else None,
                         expected_runtime_s=_seconds(job.spec.expected_runtime),
                     )
@@ -140,6 +145,24 @@ class ClusterView:
         return model.Snapshot(
             nodes=tuple(nodes), pending=tuple(pending), now=now, running=tuple(running), queues=queues
         )
+
+
+PREEMPT_CLAIM = timedelta(seconds=90)
+
+
+def _claiming(job: Job, now: datetime) -> bool:
+    """It evicted jobs recently and waits for the room: it may not evict more meanwhile.
+
+    The claim lapses after PREEMPT_CLAIM (victims that never exit, a node lost), so a job
+    is never stuck behind an eviction that will not free anything.
+    """
+    reason = job.status.pending_reason
+    return reason is not None and reason.code == PREEMPTING and now - job.updated_at < PREEMPT_CLAIM
+
+
+def _both_preempting(old: PendingReason | None, new: PendingReason) -> bool:
+    # keep the first Preempting reason (it names the victims and dates the claim)
+    return old is not None and old.code == new.code == PREEMPTING
 
 
 def _seconds(delta: timedelta | None) -> float | None:
@@ -202,7 +225,9 @@ def load_view(db: Database) -> ClusterView:
     view = ClusterView()
     with db.read() as session:
         view.revision = session.execute(select(RevisionRow.revision)).scalar_one()
-        for row in session.execute(select(JobRow).where(JobRow.live_name.is_not(None))).scalars():
+        draining = select(AllocationRow.job_id).where(AllocationRow.releasing.is_(True))
+        live_or_draining = JobRow.live_name.is_not(None) | JobRow.id.in_(draining)
+        for row in session.execute(select(JobRow).where(live_or_draining)).scalars():
             job = render_job(session, row)
             view.jobs[job.id] = job
         for node_row in session.execute(select(NodeRow)).scalars():
@@ -269,7 +294,9 @@ class SchedulingLoop:
         stale = {
             job_id: reason
             for job_id, reason in decisions.pending.items()
-            if (job := self.view.jobs.get(job_id)) is not None and job.status.pending_reason != reason
+            if (job := self.view.jobs.get(job_id)) is not None
+            and job.status.pending_reason != reason
+            and not _both_preempting(job.status.pending_reason, reason)
         }
         if stale:
             self._write_reasons(stale)

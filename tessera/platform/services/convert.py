@@ -117,20 +117,23 @@ def job(
             )
             for a in sorted(attempts or [], key=lambda a: a.number)
         ],
-        allocations=[
-            Allocation(
-                id=a.id,
-                job_id=a.job_id,
-                task_id=a.task_id,
-                node=a.node,
-                gpu_uuid=a.gpu_uuid,
-                mig_instance=a.mig_instance,
-                memory_mib=a.memory_mib,
-                compute_pct=a.compute_pct,
-                tier=a.tier,
-            )
-            for a in allocations or []
-        ],
+        allocations=[_allocation(a) for a in allocations or [] if not a.releasing],
+        draining=[_allocation(a) for a in allocations or [] if a.releasing],
+    )
+
+
+def _allocation(a: AllocationRow) -> Allocation:
+    return Allocation(
+        id=a.id,
+        job_id=a.job_id,
+        task_id=a.task_id,
+        node=a.node,
+        gpu_uuid=a.gpu_uuid,
+        mig_instance=a.mig_instance,
+        memory_mib=a.memory_mib,
+        compute_pct=a.compute_pct,
+        tier=a.tier,
+        attempt=a.attempt,
     )
 
 

@@ -19,7 +19,8 @@ from tessera.api.jobs import (
     TaskState,
     TerminalReason,
 )
-from tessera.platform.services.jobs import apply_transition
+from tessera.platform.services.common import put
+from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, TaskRow
 from tessera.platform.store.types import utcnow
@@ -73,6 +74,7 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
                 node=placement.node,
                 gpu_uuid=placement.gpu_uuid,
                 memory_mib=placement.memory_mib,
+                attempt=attempt,
                 compute_pct=placement.compute_pct,
                 tier="bookkeeping" if placement.gpu_uuid else None,
                 revision=tx.revision,
@@ -139,6 +141,8 @@ def apply_reports(db: Database, node: str, reports: list[TaskReport]) -> int:
     with db.write() as tx:
         touched: dict[uuid.UUID, JobRow] = {}
         for report in reports:
+            if report.state in (TaskState.SUCCEEDED, TaskState.FAILED):
+                _release(tx, node, report)
             task = tx.session.get(TaskRow, report.task_id)
             if task is None or task.node != node or task.attempt != report.attempt:
                 continue
@@ -151,6 +155,28 @@ def apply_reports(db: Database, node: str, reports: list[TaskReport]) -> int:
         for job in touched.values():
             _advance(tx, job)
     return applied
+
+
+def _release(tx: Tx, node: str, report: TaskReport) -> None:
+    """The process of an ended attempt has exited: its slice stops counting."""
+    drained = (
+        tx.session.execute(
+            select(AllocationRow).where(
+                AllocationRow.task_id == report.task_id,
+                AllocationRow.node == node,
+                AllocationRow.attempt == report.attempt,
+                AllocationRow.releasing.is_(True),
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for alloc in drained:
+        tx.session.delete(alloc)
+    if drained:
+        job = tx.session.get(JobRow, drained[0].job_id)
+        if job is not None:
+            put(tx, "job", job, lambda r: render_job(tx.session, r))
 
 
 def _record(tx: Tx, task: TaskRow, report: TaskReport) -> bool:
@@ -178,7 +204,9 @@ def _advance(tx: Tx, job: JobRow) -> None:
     if state.terminal or state is JobState.PENDING:
         return
     attempt = JobStatus.model_validate(job.status).attempt
-    bound = select(AllocationRow.task_id).where(AllocationRow.job_id == job.id)
+    bound = select(AllocationRow.task_id).where(
+        AllocationRow.job_id == job.id, AllocationRow.releasing.is_(False)
+    )
     tasks = list(
         tx.session.execute(
             select(TaskRow).where(TaskRow.job_id == job.id, TaskRow.attempt == attempt, TaskRow.id.in_(bound))
@@ -266,7 +294,10 @@ def jobs_on(session: Session, node: str) -> list[uuid.UUID]:
 
 
 def node_lost(tx: Tx, node: str) -> int:
-    """Jobs with tasks on a lost node: not yet running -> requeue; running -> retry or NodeLost."""
+    """Jobs with tasks on a lost node: not yet running -> requeue; running -> retry or NodeLost.
+
+    The node's releasing slices are freed too: it is declared gone, so nothing on it counts.
+    """
     moved = 0
     for job in tx.session.execute(_live_jobs_on(node)).scalars().all():
         state = JobState(job.state)
@@ -278,6 +309,16 @@ def node_lost(tx: Tx, node: str) -> int:
                 apply_transition(tx, job, JobState.RUNNING, message=f"node {node} lost while {state}")
             _fail_or_retry(tx, job, TerminalReason.NODE_LOST, f"node {node} stopped heartbeating")
             moved += 1
+    # after the transitions above (which mark the lost attempts' slices releasing)
+    draining = select(AllocationRow).where(AllocationRow.node == node, AllocationRow.releasing.is_(True))
+    owners = set()
+    for alloc in tx.session.execute(draining).scalars().all():
+        tx.session.delete(alloc)
+        owners.add(alloc.job_id)
+    for job_id in sorted(owners):
+        owner = tx.session.get(JobRow, job_id)
+        if owner is not None:
+            put(tx, "job", owner, lambda r: render_job(tx.session, r))
     return moved
 
 

@@ -84,12 +84,25 @@ def render_job(session: Session, row: JobRow, *, detail: bool = True) -> Job:
 # transitions ---------------------------------------------------------------------------
 
 _TASK_DONE = frozenset({TaskState.SUCCEEDED.value, TaskState.FAILED.value, TaskState.CANCELLED.value})
+_MAY_RUN = frozenset({TaskState.STARTING.value, TaskState.RUNNING.value})
 
 
 def _end_attempt(tx: Tx, row: JobRow, number: int, *, reason: str, at: datetime) -> None:
-    """Free the attempt's slices (they count against GPUs only while it lives) and close it."""
-    for alloc in tx.session.execute(select(AllocationRow).where(AllocationRow.job_id == row.id)).scalars():
-        tx.session.delete(alloc)
+    """Close the attempt and release its slices.
+
+    A slice whose task may still be running (it was started and has not reported an exit)
+    is only marked releasing: it keeps counting against its GPU until the agent reports the
+    process gone, so the next job bound there cannot collide with a task still stopping.
+    """
+    states = dict(tx.session.execute(select(TaskRow.id, TaskRow.state).where(TaskRow.job_id == row.id)).all())
+    for alloc in tx.session.execute(
+        select(AllocationRow).where(AllocationRow.job_id == row.id, AllocationRow.releasing.is_(False))
+    ).scalars():
+        if states.get(alloc.task_id) in _MAY_RUN:
+            alloc.releasing = True
+            tx.stamp(alloc)
+        else:
+            tx.session.delete(alloc)
     attempt = tx.session.execute(
         select(AttemptRow).where(AttemptRow.job_id == row.id, AttemptRow.number == number)
     ).scalar_one_or_none()

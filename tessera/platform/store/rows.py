@@ -19,6 +19,9 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
+from sqlalchemy import (
+    false as sa_false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 from tessera.platform.store.types import JSONDoc, UTCDateTime, utcnow
@@ -211,6 +214,10 @@ class AllocationRow(Stored):
     memory_mib: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     compute_pct: Mapped[float] = mapped_column(Float, nullable=False, default=0)
     tier: Mapped[str | None] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # the attempt ended but its process may still hold the GPU: the slice stays counted until
+    # the agent reports the exit (or the node is declared lost)
+    releasing: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
 
 
 class EventRow(Stored):

@@ -1,0 +1,28 @@
+"""slices stay counted while an ended attempt's processes exit
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("allocations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("releasing", sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("allocations", schema=None) as batch_op:
+        batch_op.drop_column("releasing")
+        batch_op.drop_column("attempt")
