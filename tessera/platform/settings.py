@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     url: str | None = Field(default=None, description="Control-plane URL the CLI talks to.")
     token: str | None = Field(default=None, description="Token the CLI uses.")
     simulate_gpus: str | None = Field(default=None, description=f"Simulated GPUs: {SIMULATE_FORM}.")
-    dev_mode: bool = Field(default=True, description="Allows the embedded defaults.")
     change_log_retention: int = Field(
         default=100_000, ge=100, description="Change-log revisions kept before compaction."
     )

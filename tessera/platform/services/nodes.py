@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
 from tessera.api.jobs import Job
@@ -93,10 +92,6 @@ def delete_node(db: Database, name: str) -> None:
 def inventories(tx: Tx) -> list[NodeInventory]:
     """Inventories of every registered node (for submit-time feasibility)."""
     return [NodeInventory.model_validate(i) for i in tx.session.execute(select(NodeRow.inventory)).scalars()]
-
-
-def node_count(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(NodeRow)).scalar_one())
 
 
 def assignments(db: Database, name: str) -> tuple[list[Job], int]:
