@@ -1,8 +1,10 @@
 """Per-node filter results for one pending job: what `tessera explain JOB` shows.
 
 For every node: could it take the job's tasks right now, how many of them, and
-if not, the first filter each failing task trips (NotReady, GPU model, MIG,
-whole GPUs, GPU memory, GPU compute, host CPU, host memory).
+if not, the first filter each failing task trips (NotReady, host CPU, host memory,
+GPU model, MIG, whole GPUs, GPU memory/compute). Whether a task fits is decided by
+the scheduler's own rules (:mod:`tessera.scheduler.placement`); this module only
+words the refusal.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 
 from tessera.api.quantities import format_mib
 from tessera.api.resources import GpuKind, Resources
-from tessera.scheduler.model import COMPUTE_EPSILON, NodeState, PendingJob, Snapshot
+from tessera.scheduler.cycle import MIG_NOT_SUPPORTED
+from tessera.scheduler.model import NodeState, PendingJob, Snapshot
+from tessera.scheduler.placement import WorkNode, Workspace, pick_gpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,64 +35,44 @@ def explain(snapshot: Snapshot, job: PendingJob) -> list[NodeVerdict]:
 def _node_verdict(node: NodeState, job: PendingJob) -> NodeVerdict:
     if not node.ready:
         return NodeVerdict(node.name, False, 0, ("node is NotReady",))
-    free_mem = {g.uuid: g.free_memory_mib for g in node.gpus}
-    free_pct = {g.uuid: g.free_compute_pct for g in node.gpus}
-    idle = {g.uuid for g in node.gpus if g.idle}
-    cpu_left = node.cpu - node.used_cpu
-    mem_left = node.memory_mib - node.used_memory_mib
+    work = Workspace([node], empty=False).nodes[0]
     fit, reasons = 0, []
     for task in job.tasks:
-        why = _take(task.resources, node, free_mem, free_pct, idle, cpu_left, mem_left)
-        if why is None:
+        r = task.resources
+        gpus = None if r.kind is GpuKind.MIG else pick_gpus(work, r)
+        if gpus is not None and work.holds_host(r):
             fit += 1
-            cpu_left -= task.resources.cpu
-            mem_left -= task.resources.memory
-        elif why not in reasons:
-            reasons.append(f"{task.label}: {why}" if len(job.tasks) > 1 else why)
+            work.used_cpu += r.cpu
+            work.used_memory_mib += r.memory
+            for gpu, memory, compute in gpus:
+                gpu.used_memory_mib += memory
+                gpu.used_compute_pct += compute
+            continue
+        why = _why(r, work)
+        reasons.append(f"{task.label}: {why}" if len(job.tasks) > 1 else why)
     return NodeVerdict(node.name, True, fit, tuple(dict.fromkeys(reasons)))
 
 
-def _take(
-    r: Resources,
-    node: NodeState,
-    free_mem: dict[str, int],
-    free_pct: dict[str, float],
-    idle: set[str],
-    cpu_left: float,
-    mem_left: float,
-) -> str | None:
-    """Reserve room for one task in the working figures; None on success, else why not."""
-    if r.cpu > cpu_left + COMPUTE_EPSILON:
+def _why(r: Resources, node: WorkNode) -> str:
+    """The first filter a task that does not fit trips on this node, in words."""
+    cpu_left = node.cpu - node.used_cpu
+    if node.used_cpu + r.cpu > node.cpu + 1e-6:
         return f"host cpu: needs {r.cpu:g}, {max(cpu_left, 0):g} free"
+    mem_left = node.memory_mib - node.used_memory_mib
     if r.memory > mem_left:
-        return f"host memory: needs {format_mib(r.memory)}, {format_mib(max(int(mem_left), 0))} free"
-    kind = r.kind
-    if kind is GpuKind.NONE:
-        return None
-    gpus = [g for g in node.gpus if r.fits_model(g.model)]
-    if not gpus:
+        return f"host memory: needs {format_mib(r.memory)}, {format_mib(max(mem_left, 0))} free"
+    if not any(r.fits_model(g.model) for g in node.gpus):
         return f"GPU model: wants {r.gpu_models}, node has {sorted({g.model for g in node.gpus}) or 'none'}"
-    if kind is GpuKind.MIG:
-        return "MIG placement is not supported by this scheduler yet"
-    gpus = [g for g in gpus if not g.mig_mode]
-    if kind is GpuKind.WHOLE:
-        free = [g for g in gpus if g.uuid in idle]
-        if len(free) < r.gpu_count:
-            return f"whole GPUs: needs {r.gpu_count} idle, {len(free)} idle"
-        for g in free[: r.gpu_count]:
-            idle.discard(g.uuid)
-            free_mem[g.uuid], free_pct[g.uuid] = 0, 0.0
-        return None
-    best = ""
-    for g in gpus:
-        memory, compute = r.demand_on(g.memory_mib)
-        if memory <= free_mem[g.uuid] and compute <= free_pct[g.uuid] + COMPUTE_EPSILON:
-            free_mem[g.uuid] -= memory
-            free_pct[g.uuid] -= compute
-            idle.discard(g.uuid)
-            return None
-        best = best or (
-            f"GPU {g.index}: needs {format_mib(memory)} / {compute:g}%, "
-            f"{format_mib(free_mem[g.uuid])} / {free_pct[g.uuid]:g}% free"
-        )
-    return best or "no GPU on this node"
+    if r.kind is GpuKind.MIG:
+        return MIG_NOT_SUPPORTED
+    usable = [g for g in node.gpus if g.serves(r)]
+    if r.kind is GpuKind.WHOLE:
+        return f"whole GPUs: needs {r.gpu_count} idle, {sum(g.idle for g in usable)} idle"
+    if not usable:
+        return "no GPU on this node outside MIG mode"
+    g = usable[0]
+    memory, compute = r.demand_on(g.memory_mib)
+    return (
+        f"GPU {g.index}: needs {format_mib(memory)} / {compute:g}%, "
+        f"{format_mib(g.memory_mib - g.used_memory_mib)} / {100 - g.used_compute_pct:g}% free"
+    )
