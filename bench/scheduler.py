@@ -5,8 +5,10 @@ model dataclasses (no database, no API), timed with ``time.perf_counter`` (best 
 building the snapshot is not timed):
 
 1. ``full``: 10,000 pending jobs of mixed shapes (whole GPUs, fractions, memory/compute slices) in
-   4 queues on a full 1,000-node cluster (8x 80Gi GPUs per node, every GPU fully used): nothing fits,
-   every job must get a pending reason.
+   4 queues on a 1,000-node cluster (8x 80Gi GPUs per node) filled by 8,000 running one-GPU jobs:
+   nothing fits, every job must get a pending reason. Half the running and half the pending jobs
+   declare an expected runtime, so each queue's head gets a reservation (step 5) and the others
+   with a runtime try to backfill.
 2. ``gang``: one 256-task gang (1 GPU per task) on 1,000 empty 8-GPU nodes: it must be bound.
 3. ``preempt``: a priority-200 gang of 32 tasks (1 GPU each) against 5,000 running one-GPU tasks
    (5,000 one-task preemptible priority-50 jobs of the same queue) filling 625 nodes x 8 GPUs:
@@ -21,6 +23,7 @@ Run: ``.venv/bin/python -m bench.scheduler`` (all cases, one markdown table), or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from tessera.api.resources import Resources
+from tessera.scheduler.backfill import RESERVED
 from tessera.scheduler.cycle import TesseraScheduler
 from tessera.scheduler.model import (
     Decisions,
@@ -133,11 +137,15 @@ def queues() -> tuple[QueueState, ...]:
 
 
 def full_snapshot() -> Snapshot:
+    """1,000 nodes filled by 8,000 running one-GPU jobs (half with an expected runtime); 10,000 pending
+    jobs, half with one: every queue's head gets a reservation and the others try to backfill."""
+    nodes, running = filled(1000, preemptible=False)
+    pending = [
+        dataclasses.replace(job, expected_runtime_s=float(600 + (j * 37) % 7200)) if j % 2 else job
+        for j, job in enumerate(mixed_jobs(10_000, 1))
+    ]
     return Snapshot(
-        nodes=tuple(make_nodes(1000, full=True)),
-        pending=tuple(mixed_jobs(10_000, 1)),
-        now=NOW,
-        queues=queues(),
+        nodes=tuple(nodes), pending=tuple(pending), now=NOW, running=tuple(running), queues=queues()
     )
 
 
@@ -146,29 +154,33 @@ def gang_snapshot() -> Snapshot:
     return Snapshot(nodes=tuple(make_nodes(1000)), pending=(gang,), now=NOW, queues=(QueueState("q0"),))
 
 
-def preempt_snapshot() -> Snapshot:
-    """625 nodes x 8 GPUs fully used by 5,000 preemptible one-GPU jobs; a 32-GPU gang of higher priority."""
-    empty = make_nodes(625)
+def filled(count: int, preemptible: bool) -> tuple[list[NodeState], list[RunningJob]]:
+    """``count`` nodes x 8 GPUs, each GPU used by a running one-GPU priority-50 job of queue q0.
+
+    Started 1-120 minutes ago; every other one declared an expected runtime (30 min to 4 h).
+    """
     nodes: list[NodeState] = []
     running: list[RunningJob] = []
-    for node in empty:
+    for node in make_nodes(count):
         gpus = []
         for gpu in node.gpus:
             name = f"run-{node.name}-{gpu.index}"
             tid = _id("task", f"{name}/0")
             placement = SlicePlacement(tid, node.name, gpu.uuid, gpu.index, GPU_MEMORY_MIB, 100.0)
+            k = len(running)
             running.append(
                 RunningJob(
                     job_id=_id("job", name),
                     name=name,
                     queue="q0",
                     priority=50,
-                    preemptible=True,
-                    started_at=NOW - timedelta(minutes=1 + len(running) % 120),
+                    preemptible=preemptible,
+                    started_at=NOW - timedelta(minutes=1 + k % 120),
                     placements=(placement,),
                     cpu=ONE_GPU.cpu,
                     memory_mib=ONE_GPU.memory,
                     host_usage=((node.name, ONE_GPU.cpu, ONE_GPU.memory),),
+                    expected_runtime_s=float(1800 + (k * 53) % 12600) if k % 2 else None,
                 )
             )
             gpus.append(GpuState(gpu.uuid, gpu.index, gpu.model, gpu.memory_mib, GPU_MEMORY_MIB, 100.0))
@@ -183,6 +195,12 @@ def preempt_snapshot() -> Snapshot:
                 used_memory_mib=GPUS_PER_NODE * ONE_GPU.memory,
             )
         )
+    return nodes, running
+
+
+def preempt_snapshot() -> Snapshot:
+    """625 nodes x 8 GPUs fully used by 5,000 preemptible one-GPU jobs; a 32-GPU gang of higher priority."""
+    nodes, running = filled(625, preemptible=True)
     gang = make_job("preemptor", 32, ONE_GPU, priority=200)
     return Snapshot(
         nodes=tuple(nodes), pending=(gang,), now=NOW, running=tuple(running), queues=(QueueState("q0"),)
@@ -210,6 +228,8 @@ def time_cycles(snapshot: Snapshot, check: Callable[[Decisions], None]) -> tuple
 def check_full(d: Decisions) -> None:
     assert not d.binds, f"{len(d.binds)} jobs bound on a full cluster"
     assert len(d.pending) == 10_000, len(d.pending)
+    reserved = sum(1 for r in d.pending.values() if r.code == RESERVED)
+    assert reserved == len(QUEUES), f"{reserved} reservations, expected one per queue"
 
 
 def check_gang(d: Decisions) -> None:

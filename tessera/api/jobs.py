@@ -156,6 +156,9 @@ class JobStatus(Model):
     submitted_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Placed as a backfill into capacity held for a waiting gang: it should end by then, or that
+    # gang may preempt it (docs/scheduler.md, "Backfill").
+    backfill_until: datetime | None = None
 
 
 class TaskState(enum.StrEnum):

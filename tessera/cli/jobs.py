@@ -29,13 +29,13 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
-def _duration(value: str | None) -> str | None:
+def _duration(value: str | None, flag: str) -> str | None:
     if value is None:
         return None
     try:
         parse_duration(value)
     except QuantityError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--deadline") from None
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
     return value
 
 
@@ -64,6 +64,12 @@ def submit_train(
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
     deadline: Annotated[
         str | None, typer.Option(help="Fail if not done within, e.g. 90s, 30m, 2h, 1d.")
+    ] = None,
+    expected_runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="How long it should run, e.g. 45m: lets it backfill into room held for a waiting gang."
+        ),
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Times to retry after a failure.")] = 0,
     workdir: Annotated[str | None, typer.Option(help="Working directory of each task.")] = None,
@@ -110,7 +116,8 @@ def submit_train(
         ("name", name),
         ("queue", queue),
         ("priority", priority),
-        ("deadline", _duration(deadline)),
+        ("deadline", _duration(deadline, "--deadline")),
+        ("expected_runtime", _duration(expected_runtime, "--expected-runtime")),
     ):
         if value is not None:
             body[key] = value

@@ -121,6 +121,7 @@ def transition(
             code="Requeued", message=message or "waiting to be scheduled again"
         )
         update["started_at"] = None
+        update["backfill_until"] = None
         if current in _NEW_ATTEMPT_FROM:
             update["attempt"] = status.attempt + 1
     else:

@@ -15,8 +15,12 @@ A cycle is numbered steps over an immutable snapshot (../shared/DESIGN.md):
 4. Preempt or reclaim whole gangs for a job that does not fit: the cheapest
    set, never one that would not lead to a placement. The job is not bound in
    the same cycle; the room is held for it for the rest of the cycle.
+5. Reserve for the head of each queue that still waits for capacity, and
+   backfill into reservations only jobs that will be gone in time
+   (backfill.py). Before any eviction a job tries to backfill; jobs that held
+   a reservation last cycle go first, after preemptors.
 
-Steps 5 (backfill) and 6 (elastic resizing) are not implemented yet.
+Step 6 (elastic resizing) is not implemented yet.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from tessera.api.jobs import PendingReason
 from tessera.api.resources import GpuKind, Resources
+from tessera.scheduler.backfill import RESERVED, Reservations, reserved_message
+from tessera.scheduler.freeindex import EMPTY, LIVE, plural
 from tessera.scheduler.model import (
     GANG_TOO_LARGE,
     NO_NODES,
@@ -39,11 +46,12 @@ from tessera.scheduler.model import (
     Decisions,
     Eviction,
     PendingJob,
+    RunningJob,
     SlicePlacement,
     Snapshot,
     TaskRequest,
 )
-from tessera.scheduler.placement import EMPTY, LIVE, ShapeKey, Workspace, plural, shape_key, shortage
+from tessera.scheduler.placement import ShapeKey, Workspace, shape_key, shortage
 from tessera.scheduler.preempt import (
     PREEMPTING,
     Victim,
@@ -74,6 +82,9 @@ class TesseraScheduler:
 
     name = "tessera"
 
+    def __init__(self, *, backfill: bool = True) -> None:
+        self.backfill = backfill  # reservations and backfill (step 5); off only in experiments
+
     def cycle(self, snapshot: Snapshot) -> Decisions:
         """Decide binds, evictions and a pending reason for every job not bound."""
         jobs = sorted(snapshot.pending, key=job_order)
@@ -81,7 +92,7 @@ class TesseraScheduler:
             return _all_waiting(jobs, NO_NODES, NO_NODES_MESSAGE)
         if not any(n.ready for n in snapshot.nodes):
             return _all_waiting(jobs, NO_READY_NODES, NO_READY_NODES_MESSAGE)
-        return _Cycle(snapshot).run(jobs)
+        return _Cycle(snapshot, backfill=self.backfill).run(jobs)
 
 
 def _all_waiting(jobs: list[PendingJob], code: str, message: str) -> Decisions:
@@ -99,7 +110,7 @@ def _least(shapes: Sequence[Shape], gang: int) -> Amounts:
 class _Cycle:
     """The working state of one cycle."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, backfill: bool) -> None:
         self._snapshot = snapshot
         self.live = Workspace(snapshot.nodes, empty=False, indexed=True)
         self._empty: Workspace | None = None  # built on the first job that needs it
@@ -115,13 +126,16 @@ class _Cycle:
         running = sorted(snapshot.running, key=lambda j: j.job_id)
         names = {j.queue for j in snapshot.pending} | {j.queue for j in running}
         self.tree = QueueTree(snapshot.queues, names, totals)
-        self._victims = Victims(running, self.tree, self._gpu_memory, {n.name for n in ready}, snapshot.now)
+        ready_names = {n.name for n in ready}
+        self._victims = Victims(running, self.tree, self._gpu_memory, ready_names, snapshot.now)
+        self._reservations = Reservations(self.live, running, ready_names, snapshot.now) if backfill else None
         for job in running:
             self.tree.add(job.queue, self._victims.charges[job.job_id])
         self._shapes: dict[ShapeKey, Shape] = {}
         self._never: dict[_Signature, str | None] = {}
         self._failed: dict[tuple[_Signature, int], str] = {}  # live attempts that failed, by state version
         self._hopeless: set[tuple[object, ...]] = set()  # jobs no eviction could help, by state
+        self._hints: dict[tuple[_Signature, int, bool], str] = {}  # _held_back, by state
         # Queues whose guarantee a preemptor holds room in this cycle, and for whom. Borrowers may not
         # take them past their guarantee until it binds, or next cycle the preemptor would borrow too,
         # lose its place before its victims and have its room taken back.
@@ -137,6 +151,11 @@ class _Cycle:
         # letting another queue take it would only make them evict again
         for claimant in sorted((j for j in jobs if j.preempting), key=job_order):
             self._schedule(claimant)
+        # then jobs that held a reservation: the room their blockers freed is theirs (backfill.py)
+        if self._reservations is not None:
+            for holder in [j for j in jobs if j.reserved and not j.preempting]:
+                self._schedule(holder)
+            jobs = [j for j in jobs if not j.reserved]
         jobs = [j for j in jobs if not j.preempting]
         deferred = []
         self._order = FairOrder(self.tree, jobs)
@@ -202,9 +221,80 @@ class _Cycle:
                 # its victims are still stopping (their slices drain until they exit): wait for
                 # them rather than evict more
                 return self._wait(job, PREEMPTING, "waiting for the jobs it evicted to stop")
-            if self._preempt(job, shapes, gang, signature):
+            if self._backfill(job, shapes, gang) or self._preempt(job, shapes, gang, signature):
                 return None
+            if self._reserve(job, shapes, gang, why):
+                return None
+            hint_key = (signature, self.live.version, job.expected_runtime_s is None)
+            if hint_key not in self._hints:
+                self._hints[hint_key] = self._held_back(job, shapes, gang)
+            why += self._hints[hint_key]
         return self._wait(job, code, why)
+
+    def _held_back(self, job: PendingJob, shapes: Sequence[Shape], gang: int) -> str:
+        """Say so when room held for reservations is what keeps the job out."""
+        reservations = self._reservations
+        if reservations is None or not reservations.made:
+            return ""
+        ws = self.live
+        mark = ws.mark()
+        for reservation in reservations.made:
+            ws.shift(reservation.held, -1)
+        fits = self.attempt(job, shapes, gang, None).why is None
+        ws.rollback(mark)
+        if not fits:
+            return ""
+        holders = ", ".join(f"'{r.job.name}'" for r in reservations.made[:3])
+        if job.expected_runtime_s is None:
+            return (
+                f"; it would fit in room held for {holders}, which only jobs with an expected runtime "
+                f"that ends in time may use"
+            )
+        return f"; it would fit in room held for {holders}, but would not end before they need it"
+
+    def _backfill(self, job: PendingJob, shapes: Sequence[Shape], gang: int) -> bool:
+        """Place the job into held room it will have left before the holders need it (step 5)."""
+        reservations = self._reservations
+        if reservations is None or job.expected_runtime_s is None or not reservations.made:
+            return False
+        end = self._snapshot.now + timedelta(seconds=job.expected_runtime_s)
+        lifted = reservations.liftable(end)
+        if not lifted:
+            return False
+        ws = self.live
+        mark = ws.mark()
+        for reservation in lifted:
+            ws.shift(reservation.held, -1)
+        attempt = self.attempt(job, shapes, gang, None)
+        if attempt.why is not None:
+            ws.rollback(mark)
+            return False
+        for reservation in lifted:  # held again: the job and the holder overlap in space, not in time
+            ws.shift(reservation.held, 1)
+        ws.commit()
+        shadows = [r.shadow for r in lifted if r.shadow is not None and r.overlaps(attempt.placements)]
+        until = min(shadows, default=None)
+        self.binds.append(Bind(job.job_id, tuple(attempt.placements), backfill_until=until))
+        self._charge(job.queue, attempt.charge)
+        return True
+
+    def _reserve(self, job: PendingJob, shapes: Sequence[Shape], gang: int, why: str) -> bool:
+        """Hold room for the first job of its queue that waits for capacity (step 5)."""
+        reservations = self._reservations
+        if reservations is None or job.queue in reservations.queues:
+            return False
+        charges = self._victims.charges
+
+        def place(released: Sequence[RunningJob]) -> list[SlicePlacement] | None:
+            removed = self.tree.removal((j.queue, charges[j.job_id]) for j in released)
+            attempt = self.attempt(job, shapes, gang, removed)
+            return attempt.placements if attempt.why is None else None
+
+        reservation = reservations.reserve(job, place, self._victims.evicted)
+        if reservation is None:
+            return False
+        self._wait(job, RESERVED, reserved_message(why, reservation, self._snapshot.now))
+        return True
 
     def _unless_never(
         self, job: PendingJob, gang: int, signature: _Signature, code: str, message: str

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from tessera.api.jobs import PendingReason
 from tessera.api.resources import GpuKind
+from tessera.scheduler.freeindex import EMPTY, LIVE, plural
 from tessera.scheduler.model import (
     GANG_TOO_LARGE,
     NO_NODES,
@@ -25,7 +26,7 @@ from tessera.scheduler.model import (
     PendingJob,
     Snapshot,
 )
-from tessera.scheduler.placement import EMPTY, LIVE, Workspace, plural, shortage
+from tessera.scheduler.placement import Workspace, shortage
 
 MIG_NOT_SUPPORTED = "MIG placement is not supported by the firstfit scheduler yet"
 

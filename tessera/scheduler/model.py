@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from tessera.api.jobs import PendingReason
@@ -137,6 +137,7 @@ class PendingJob:
     preempting: bool = False  # it evicted jobs last cycle and waits for the room they free
     min_available: int | None = None  # gang size; None means every task
     expected_runtime_s: float | None = None
+    reserved: bool = False  # it held a reservation last cycle (see backfill.py)
 
     @property
     def gang_size(self) -> int:
@@ -176,6 +177,8 @@ class Bind:
 
     job_id: uuid.UUID
     placements: tuple[SlicePlacement, ...]
+    # Set for a backfill: it took capacity held for a waiting gang and must end by then.
+    backfill_until: datetime | None = None
 
     def task_nodes(self) -> dict[uuid.UUID, str]:
         """The node each task runs on (all placements of a task share one node)."""
@@ -200,6 +203,14 @@ class RunningJob:
     memory_mib: int = 0  # host memory of all its tasks
     host_usage: tuple[tuple[str, float, int], ...] = ()  # (node, cpu, memory MiB) per task
     expected_runtime_s: float | None = None
+    backfill_until: datetime | None = None  # admitted as a backfill that should end by then
+
+    @property
+    def expected_end(self) -> datetime | None:
+        """When it should end by its declared runtime; None if it declared none."""
+        if self.expected_runtime_s is None:
+            return None
+        return self.started_at + timedelta(seconds=self.expected_runtime_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,11 @@ Two kinds of victim:
   pending job whose queue and ancestors stay within their guarantee once it is
   placed. Reclaim takes back borrowed capacity only: no queue is taken below
   its guarantee. It ignores priority and the preemptible flag.
+- **Overran** (a broken promise): a job admitted as a backfill into held room
+  that runs past the time it was admitted for (``backfill_until``), taken for
+  a job that held a reservation last cycle (backfill.py). Evicted with reason
+  Preempted. It ignores queues, priority and the preemptible flag: the room
+  was lent on that promise.
 
 The set is the cheapest that lets the job's gang fit: candidates in order of
 GPU-seconds lost (then lowest priority, newest, id), the shortest prefix that
@@ -42,8 +47,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from tessera.scheduler.freeindex import plural
 from tessera.scheduler.model import Amounts, PendingJob, RunningJob
-from tessera.scheduler.placement import plural
 from tessera.scheduler.quota import QueueTree, running_charge
 
 PREEMPTING = "Preempting"
@@ -61,6 +66,7 @@ class Victim:
     reason: str  # PREEMPTED or RECLAIMED
     # For a reclaim: its queues below the common ancestor with the preemptor's, all borrowing.
     borrowing: tuple[str, ...] = ()
+    overran: bool = False  # a backfill past its time, evicted for a reservation holder
 
 
 class Simulation(Protocol):
@@ -110,6 +116,7 @@ class Victims:
             return (lost, job.priority, -job.started_at.timestamp(), job.job_id)
 
         self._ordered = sorted(useful, key=cost)
+        self._overran = {j.job_id for j in useful if j.backfill_until is not None and j.backfill_until <= now}
         self._preemptible: dict[str, list[RunningJob]] = {}
         for job in self._ordered:
             if job.preemptible:
@@ -135,7 +142,8 @@ class Victims:
         # Reclaim needs the job's own queue within its guarantee whatever is evicted (victims never
         # share it); otherwise only its own queue's preemptible jobs are worth looking at.
         may_reclaim = not tree.borrows(job.queue, {}, most)
-        pool = self._ordered if may_reclaim else self._preemptible.get(job.queue, [])
+        overran = self._overran if job.reserved else set()
+        pool = self._ordered if may_reclaim or overran else self._preemptible.get(job.queue, [])
         for running in pool:
             if running.job_id in self.evicted:
                 continue
@@ -145,6 +153,8 @@ class Victims:
                 yield Victim(running, charge, RECLAIMED, side)
             elif running.preemptible and running.priority < job.priority and running.queue == job.queue:
                 yield Victim(running, charge, PREEMPTED)
+            elif running.job_id in overran:
+                yield Victim(running, charge, PREEMPTED, overran=True)
 
     def _admissible(self, job: PendingJob, most: Amounts) -> Iterator[Victim]:
         """Candidates in order, less reclaims that would take a queue below its guarantee."""
@@ -222,7 +232,8 @@ class Victims:
         # Victims that must stay borrowers if re-placed: this one's priority victims when the
         # preemptor borrows, and every such victim of the cycle so far whose queues this removal
         # touches. Equal (queue, charge) pairs need checking once.
-        must = {(v.job.queue, v.charge) for v in victims if v.reason == PREEMPTED and not entitled}
+        priority = [v for v in victims if v.reason == PREEMPTED and not v.overran]
+        must = {(v.job.queue, v.charge) for v in priority if not entitled}
         must |= {key for key in self._must_borrow if not removed.keys().isdisjoint(tree.paths[key[0]])}
         return all(tree.over_guarantee(queue, without, charge) is not None for queue, charge in must)
 
@@ -242,6 +253,11 @@ class Victims:
 
 def eviction_message(victim: Victim, job: PendingJob) -> str:
     """Why a victim is stopped, for its events."""
+    if victim.overran and victim.job.backfill_until is not None:
+        return (
+            f"backfilled into room held for job '{job.name}' and still running past "
+            f"{victim.job.backfill_until:%Y-%m-%d %H:%M:%S} UTC, when that job needs it"
+        )
     if victim.reason == RECLAIMED:
         return (
             f"reclaimed for job '{job.name}' of queue '{job.queue}', which is owed its guaranteed quota; "

@@ -132,6 +132,8 @@ def test_submit_with_every_flag(server: Server) -> None:
         "team=vision",
         "--deadline",
         "1h30m",
+        "--expected-runtime",
+        "45m",
         "--retries",
         "2",
         "--gpu-model",
@@ -151,6 +153,7 @@ def test_submit_with_every_flag(server: Server) -> None:
     assert group["env"] == {"A": "1"} and job["spec"]["labels"] == {"team": "vision"}
     assert job["spec"]["priority"] == 1000 and job["spec"]["preemptible"] is True
     assert job["spec"]["deadline"] == "1h30m" and job["spec"]["retry"]["max_retries"] == 2
+    assert job["spec"]["expected_runtime"] == "45m"
     assert len(job["tasks"]) == 4
 
 
@@ -174,6 +177,8 @@ def test_usage_errors_exit_2(server: Server) -> None:
     assert server.run("submit", "train", "--no-such-flag", "--", "x").returncode == 2
     bad = server.run("submit", "train", "--deadline", "soon", "--", "x")
     assert bad.returncode == 2 and "90s, 30m, 2h or 1d" in bad.stderr
+    bad = server.run("submit", "train", "--expected-runtime", "-5m", "--", "x")
+    assert bad.returncode == 2 and "--expected-runtime" in bad.stderr
     assert server.run("list", "-o", "xml").returncode == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -102,12 +103,14 @@ def test_what_does_not_fit_now_waits_with_a_reason(cluster: LocalCluster) -> Non
     cluster.submit("c", "sleep", "300", flags=("--gpus", "1"))
     reason = wait_until(
         lambda: (
-            (cluster.job("c")["status"].get("pending_reason") or {}).get("code") == "Unschedulable"
+            (cluster.job("c")["status"].get("pending_reason") or {}).get("code") == "Reserved"
             and cluster.job("c")["status"]["pending_reason"]
         ),
         20,
     )
     assert "c" in cluster.cli("get", "c").stdout and reason["message"] in cluster.cli("get", "c").stdout
+    # it waits for one of the two jobs (neither declared a runtime, so which one is by id)
+    assert re.search("once '[ab]' ends", reason["message"]) and "no expected runtime" in reason["message"]
     refused = cluster.cli("submit", "train", "--name", "huge", "--gpu-memory", "500Gi", "--", "x")
     assert refused.returncode == 1 and "exceeds the largest GPU (80Gi)" in refused.stderr
     cluster.cli("cancel", "a")

@@ -3,6 +3,7 @@ through the store (no processes: node agents are played by their reports)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from tessera.platform.controllers.scheduling import SchedulingLoop
@@ -99,3 +100,33 @@ def test_quota_limits_and_reclaim(api: Api) -> None:
     exited(api, token, api.call("GET", f"/api/v1/jobs/{victim}").json(), exit_code=143)
     scheduler.step()
     assert state(api, "a0")["state"] == "SCHEDULED"
+
+
+def test_reservation_backfill_and_an_overrun_backfill_preempted(api: Api) -> None:
+    token = node(api, gpus=2)
+    scheduler = loop(api)
+    api.call("POST", "/api/v1/jobs", json={**job_body("a", gpus=1), "expected_runtime": "30m"})
+    scheduler.step()
+    run(api, token, "a")
+    api.call("POST", "/api/v1/jobs", json=job_body("big", gpus=2))
+    scheduler.step()
+    big = state(api, "big")["pending_reason"]
+    assert big["code"] == "Reserved" and "when 'a' ends" in big["message"], big
+    api.call("POST", "/api/v1/jobs", json={**job_body("long", gpus=1), "expected_runtime": "2h"})
+    api.call("POST", "/api/v1/jobs", json={**job_body("short", gpus=1), "expected_runtime": "10m"})
+    scheduler.step()
+    long = state(api, "long")["pending_reason"]
+    assert long["code"] == "Unschedulable" and "would not end before they need it" in long["message"]
+    short = api.call("GET", "/api/v1/jobs/short").json()
+    assert short["status"]["state"] == "SCHEDULED" and short["status"]["backfill_until"] is not None
+    events = api.call("GET", "/api/v1/events", params={"object_id": short["id"]}).json()
+    assert any("as a backfill" in e["message"] for e in events), events
+    run(api, token, "short")
+    report(api, token, api.call("GET", "/api/v1/jobs/a").json(), state="SUCCEEDED", exit_code=0)
+    # short runs past the time it was admitted for: the holder may now evict it
+    until = datetime.fromisoformat(short["status"]["backfill_until"])
+    scheduler.step(now=until + timedelta(minutes=1))
+    evicted = state(api, "short")
+    assert evicted["state"] == "PENDING" and evicted["pending_reason"]["code"] == "Preempted"
+    assert "backfilled into room held for job 'big'" in evicted["pending_reason"]["message"]
+    assert state(api, "big")["pending_reason"]["code"] == "Preempting"

@@ -18,6 +18,7 @@ from typing import Any
 
 from tessera.api.quantities import parse_memory_mib
 from tessera.api.resources import Resources
+from tessera.scheduler.backfill import RESERVED
 from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
     Amounts,
@@ -31,6 +32,7 @@ from tessera.scheduler.model import (
     Snapshot,
     TaskRequest,
 )
+from tessera.scheduler.preempt import PREEMPTING
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
@@ -62,6 +64,7 @@ class JobBuilder:
         self._extra: list[tuple[str, int, dict[str, Any]]] = []
         self._preemptible = False
         self._min_available: int | None = None
+        self._runtime_s: float | None = None
         self.run_on: tuple[str | None, float] | None = None  # (node, minutes ago) once running()
 
     def gpus(self, gpus: float) -> JobBuilder:
@@ -127,6 +130,11 @@ class JobBuilder:
         self._min_available = count
         return self
 
+    def runtime(self, minutes: float) -> JobBuilder:
+        """Declare an expected runtime."""
+        self._runtime_s = minutes * 60
+        return self
+
     def running(self, on: str | None = None, started_minutes_ago: float = 10) -> JobBuilder:
         """Make this a running job for :func:`start`: placed first-fit (on node ``on`` if given)."""
         self.run_on = (on, started_minutes_ago)
@@ -148,6 +156,7 @@ class JobBuilder:
             tasks=tasks,
             preemptible=self._preemptible,
             min_available=self._min_available,
+            expected_runtime_s=self._runtime_s,
         )
 
 
@@ -327,6 +336,8 @@ def to_running(job: PendingJob, bind: Bind, started_at: datetime) -> RunningJob:
         cpu=sum(resources[t].cpu for t in nodes),
         memory_mib=sum(resources[t].memory for t in nodes),
         host_usage=host,
+        expected_runtime_s=job.expected_runtime_s,
+        backfill_until=bind.backfill_until,
     )
 
 
@@ -393,10 +404,28 @@ def apply_decisions(snap: Snapshot, decisions: Decisions, specs: Mapping[uuid.UU
         running[job.job_id] = to_running(job, bind, snap.now)
     for stopped in evicted:
         pending[stopped.job_id] = specs[stopped.job_id]
+    # what the control plane keeps of a pending reason: the claims of preemptors and reservation holders
+    for job_id, job in pending.items():
+        reason = decisions.pending.get(job_id)
+        code = reason.code if reason is not None else None
+        pending[job_id] = dataclasses.replace(job, preempting=code == PREEMPTING, reserved=code == RESERVED)
     return dataclasses.replace(
         snap,
         nodes=tuple(nodes),
         pending=tuple(pending.values()),
         running=tuple(running.values()),
         now=snap.now + timedelta(minutes=1),
+    )
+
+
+def finish_due(snap: Snapshot) -> Snapshot:
+    """End the running jobs whose expected runtime is over, freeing their slices."""
+    done = [j for j in snap.running if j.expected_end is not None and j.expected_end <= snap.now]
+    if not done:
+        return snap
+    gone = {j.job_id for j in done}
+    return dataclasses.replace(
+        snap,
+        nodes=tuple(release(snap.nodes, done)),
+        running=tuple(j for j in snap.running if j.job_id not in gone),
     )

@@ -293,6 +293,8 @@ def _random_job(rnd: random.Random, name: str, queues: list[str]) -> JobBuilder:
     jb.workers(workers)
     if workers > 1 and rnd.random() < 0.4:
         jb.min_available(rnd.randint(1, workers))
+    if rnd.random() < 0.6:
+        jb.runtime(rnd.choice([2, 5, 30, 240]))
     form = rnd.choice(["none", "whole", "whole", "fraction", "memory", "both"])
     if form == "whole":
         jb.gpus(rnd.choice([1, 1, 2]))

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from tessera.scheduler.backfill import RESERVED
 from tessera.scheduler.cycle import TesseraScheduler
 from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
@@ -119,7 +120,8 @@ def test_who_is_never_preempted_for_priority(victim: JobBuilder) -> None:
     nodes, running = start([make_node("n1").gpus(1)], [victim.running()])
     decisions = run(nodes, [make_job("hi").gpus(1).priority(10).build()], running)
     assert decisions.evictions == ()
-    assert decisions.pending[job_id("hi")].code == UNSCHEDULABLE
+    # it waits for the job to end, with the room reserved (backfill.py), never by evicting it
+    assert decisions.pending[job_id("hi")].code == RESERVED
 
 
 def test_no_eviction_unless_it_leads_to_a_placement() -> None:
@@ -128,7 +130,7 @@ def test_no_eviction_unless_it_leads_to_a_placement() -> None:
         [make_node("n1").gpus(4)], [low("a"), low("b"), make_job("keep").gpus(2).priority(0).running()]
     )
     decisions = run(nodes, [make_job("hi").gpus(3).priority(10).build()], running)
-    assert decisions.evictions == () and decisions.pending[job_id("hi")].code == UNSCHEDULABLE
+    assert decisions.evictions == () and decisions.pending[job_id("hi")].code == RESERVED
 
 
 def test_freed_room_is_held_for_the_preemptor_for_the_rest_of_the_cycle() -> None:

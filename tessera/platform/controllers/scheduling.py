@@ -30,6 +30,7 @@ from tessera.platform.store.feed import Compacted, changes_after
 from tessera.platform.store.rows import AllocationRow, JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
+from tessera.scheduler.backfill import RESERVED
 from tessera.scheduler.preempt import PREEMPTING
 from tessera.scheduler.registry import make
 
@@ -100,6 +101,7 @@ class ClusterView:
                         tasks=tasks,
                         preemptible=job.spec.preemptible,
                         preempting=_claiming(job, now),
+                        reserved=_holds_reservation(job),
                         min_available=gang if gang < len(tasks) else None,
                         expected_runtime_s=_seconds(job.spec.expected_runtime),
                     )
@@ -160,6 +162,11 @@ def _claiming(job: Job, now: datetime) -> bool:
     return reason is not None and reason.code == PREEMPTING and now - job.updated_at < PREEMPT_CLAIM
 
 
+def _holds_reservation(job: Job) -> bool:
+    reason = job.status.pending_reason
+    return reason is not None and reason.code == RESERVED
+
+
 def _both_preempting(old: PendingReason | None, new: PendingReason) -> bool:
     # keep the first Preempting reason (it names the victims and dates the claim)
     return old is not None and old.code == new.code == PREEMPTING
@@ -217,6 +224,7 @@ def _running(job: Job) -> model.RunningJob:
         memory_mib=sum(h[2] for h in host),
         host_usage=host,
         expected_runtime_s=_seconds(job.spec.expected_runtime),
+        backfill_until=job.status.backfill_until,
     )
 
 
@@ -245,6 +253,7 @@ class SchedulingLoop:
         self.scheduler = scheduler or make("tessera")
         self.view = ClusterView()
         self._dirty = True
+        self._wake_at: datetime | None = None  # a time-driven decision is due then (a backfill's end)
 
     def sync(self) -> None:
         """Bring the view up to date: a full list once, then the change feed."""
@@ -271,11 +280,16 @@ class SchedulingLoop:
     def step(self, now: datetime | None = None) -> model.Decisions | None:
         """Sync, and run a cycle if anything changed since the last one."""
         self.sync()
-        if not self._dirty:
+        now = now or utcnow()
+        if not self._dirty and (self._wake_at is None or now < self._wake_at):
             return None
-        decisions = self.scheduler.cycle(self.view.snapshot(now or utcnow()))
+        snapshot = self.view.snapshot(now)
+        decisions = self.scheduler.cycle(snapshot)
         self._apply(decisions)
         self._dirty = bool(decisions.binds)  # after binds, look again next time
+        # nothing in the store changes when a backfill runs past its time, but a holder may then evict it
+        ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
+        self._wake_at = min(ends, default=None)
         return decisions
 
     def _apply(self, decisions: model.Decisions) -> None:

@@ -89,7 +89,15 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
         AttemptRow(job_id=job_id, number=attempt, started_at=utcnow(), nodes=nodes, revision=tx.revision)
     )
     session.flush()
-    apply_transition(tx, row, JobState.SCHEDULED, message=f"bound to {', '.join(nodes)}")
+    message = f"bound to {', '.join(nodes)}"
+    if bind.backfill_until is not None:
+        status = JobStatus.model_validate(row.status)
+        row.status = status.model_copy(update={"backfill_until": bind.backfill_until}).model_dump(mode="json")
+        message += (
+            f" as a backfill into room held for a waiting job: expected to end by "
+            f"{bind.backfill_until:%Y-%m-%d %H:%M:%S} UTC, or it may be preempted"
+        )
+    apply_transition(tx, row, JobState.SCHEDULED, message=message)
     return True
 
 
