@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tessera.api.jobs import Explanation, JobState, NodeFit
 from tessera.platform.auth import Principal
-from tessera.platform.controllers.scheduling import load_view
+from tessera.platform.controllers.view import load_view
 from tessera.platform.services.jobs import get_job
 from tessera.platform.store.db import Database
 from tessera.platform.store.types import utcnow
