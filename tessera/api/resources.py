@@ -18,6 +18,13 @@ from tessera.api.common import MemoryMiB, Model
 
 MIG_FORM = "a MIG profile like 1g.10gb, 3g.40gb or 1g.10gb+me"
 _MIG = re.compile(r"^[1-7]g\.\d+gb(\+me)?$")
+
+
+def mig_share(profile: str) -> float:
+    """Compute share of a MIG profile: its GPU slices out of 7 (A100, H100, H200; an A30 has 4)."""
+    return int(profile.split("g.", 1)[0]) / 7
+
+
 CPU_FORM = "cores like 2 or 0.5, or millicores like 500m"
 
 
@@ -127,6 +134,11 @@ class GpuRequest(Model):
             share = (self.gpu_compute or 0) / 100
             return math.ceil(share * gpu_memory_mib), float(self.gpu_compute or 0)
         return 0, 0.0
+
+    @property
+    def mig_share(self) -> float:
+        """The share of a GPU's compute a MIG profile takes: ``3g.40gb`` is 3 of 7 slices."""
+        return mig_share(self.mig_profile) if self.mig_profile else 0.0
 
     def charge_on(self, gpu_memory_mib: int) -> float:
         """GPU-equivalents this request is charged on a GPU: max(memory, compute) share."""

@@ -107,7 +107,8 @@ def _contract(
     if allocs:
         env["TESSERA_SLICE_ID"] = ",".join(str(a.id) for a in allocs)
     # CUDA_VISIBLE_DEVICES is always set: an empty value hides every GPU from a CPU-only task
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(a.gpu_uuid or "" for a in gpu_allocs)
+    # a MIG instance is addressed by its own UUID (MIG-...), which CUDA accepts in this variable
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(a.mig_instance or a.gpu_uuid or "" for a in gpu_allocs)
     if gpu_allocs:
         env["TESSERA_GPU_UUIDS"] = env["CUDA_VISIBLE_DEVICES"]
         env["TESSERA_GPU_MEMORY_MIB"] = ",".join(str(a.memory_mib) for a in gpu_allocs)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from tessera.api.jobs import PendingReason
-from tessera.api.resources import GpuKind, Resources
+from tessera.api.resources import Resources
 from tessera.scheduler.backfill import RESERVED, Reservations, reserved_message
 from tessera.scheduler.freeindex import EMPTY, LIVE, plural
 from tessera.scheduler.model import (
@@ -61,8 +61,6 @@ from tessera.scheduler.preempt import (
     preempting_message,
 )
 from tessera.scheduler.quota import QUOTA_EXCEEDED, FairOrder, QueueTree, Shape, gpu_charge, job_order
-
-MIG_NOT_SUPPORTED = "MIG placement is not supported by the tessera scheduler yet"
 
 _Signature = tuple[tuple[ShapeKey, ...], int]
 
@@ -191,8 +189,6 @@ class _Cycle:
         self.pending[job.job_id] = PendingReason(code=code, message=message)
 
     def _schedule(self, job: PendingJob) -> None:
-        if any(t.resources.kind is GpuKind.MIG for t in job.tasks):
-            return self._wait(job, UNSCHEDULABLE, MIG_NOT_SUPPORTED)
         shapes = [self._shape(t.resources) for t in job.tasks]
         # min_available past the task count is a spec error; the whole gang is the most it can mean.
         gang = max(1, min(job.gang_size, len(job.tasks)))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from tessera.api.quantities import format_mib
 from tessera.api.resources import GpuKind, Resources
-from tessera.scheduler.cycle import MIG_NOT_SUPPORTED
 from tessera.scheduler.model import NodeState, PendingJob, Snapshot
 from tessera.scheduler.placement import WorkNode, Workspace, pick_gpus
 
@@ -39,7 +38,7 @@ def _node_verdict(node: NodeState, job: PendingJob) -> NodeVerdict:
     fit, reasons = 0, []
     for task in job.tasks:
         r = task.resources
-        gpus = None if r.kind is GpuKind.MIG else pick_gpus(work, r)
+        gpus = pick_gpus(work, r)
         if gpus is not None and work.holds_host(r):
             fit += 1
             work.used_cpu += r.cpu
@@ -61,10 +60,14 @@ def _why(r: Resources, node: WorkNode) -> str:
     mem_left = node.memory_mib - node.used_memory_mib
     if r.memory > mem_left:
         return f"host memory: needs {format_mib(r.memory)}, {format_mib(max(mem_left, 0))} free"
+    if r.kind is GpuKind.MIG:
+        same = [i for g in node.gpus for i in g.instances if i.model == r.mig_profile]
+        if not same:
+            offered = sorted({i.model for g in node.gpus for i in g.instances}) or "none"
+            return f"MIG: no instance of profile {r.mig_profile} (profiles here: {offered})"
+        return f"MIG: all {len(same)} instances of profile {r.mig_profile} are taken"
     if not any(r.fits_model(g.model) for g in node.gpus):
         return f"GPU model: wants {r.gpu_models}, node has {sorted({g.model for g in node.gpus}) or 'none'}"
-    if r.kind is GpuKind.MIG:
-        return MIG_NOT_SUPPORTED
     usable = [g for g in node.gpus if g.serves(r)]
     if r.kind is GpuKind.WHOLE:
         return f"whole GPUs: needs {r.gpu_count} idle, {sum(g.idle for g in usable)} idle"

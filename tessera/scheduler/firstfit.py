@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterable
 
 from tessera.api.jobs import PendingReason
-from tessera.api.resources import GpuKind
 from tessera.scheduler.freeindex import EMPTY, LIVE, plural
 from tessera.scheduler.model import (
     GANG_TOO_LARGE,
@@ -27,8 +26,6 @@ from tessera.scheduler.model import (
     Snapshot,
 )
 from tessera.scheduler.placement import Workspace, shortage
-
-MIG_NOT_SUPPORTED = "MIG placement is not supported by the firstfit scheduler yet"
 
 
 def _order(pending: Iterable[PendingJob]) -> list[PendingJob]:
@@ -53,9 +50,6 @@ class FirstFit:
         binds: list[Bind] = []
         pending: dict[uuid.UUID, PendingReason] = {}
         for job in jobs:
-            if any(t.resources.kind is GpuKind.MIG for t in job.tasks):
-                pending[job.job_id] = PendingReason(code=UNSCHEDULABLE, message=MIG_NOT_SUPPORTED)
-                continue
             mark = live.mark()
             placements, failed = live.place_gang(job.tasks)
             if failed is None:

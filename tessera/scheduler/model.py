@@ -34,6 +34,16 @@ NO_READY_NODES_MESSAGE = "no node is Ready"
 
 
 @dataclass(frozen=True, slots=True)
+class MigState:
+    """A MIG instance of a GPU in MIG mode (discovered, never reconfigured) and whether it is taken."""
+
+    uuid: str
+    profile: str
+    memory_mib: int
+    used: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GpuState:
     """One physical GPU and how much of it is already allocated."""
 
@@ -44,6 +54,7 @@ class GpuState:
     used_memory_mib: int = 0
     used_compute_pct: float = 0.0
     mig_mode: bool = False
+    mig: tuple[MigState, ...] = ()  # its MIG instances, when in MIG mode
 
     @property
     def free_memory_mib(self) -> int:
@@ -161,6 +172,8 @@ class SlicePlacement:
 
     A task gets one placement per GPU it occupies; a CPU-only task gets exactly
     one placement with ``gpu_uuid``/``gpu_index`` None and no GPU memory or compute.
+    A MIG instance is placed on its parent GPU with ``mig_uuid`` set, its memory and
+    its compute share (slices of 7).
     """
 
     task_id: uuid.UUID
@@ -169,6 +182,7 @@ class SlicePlacement:
     gpu_index: int | None
     memory_mib: int
     compute_pct: float
+    mig_uuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,12 @@ refused in O(log nodes) instead of by scanning every GPU.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tessera.api.quantities import format_mib
-from tessera.api.resources import GpuKind, Resources
+from tessera.api.resources import GpuKind, Resources, mig_share
 from tessera.scheduler.freeindex import FreeIndex, Scope, pct, plural
-from tessera.scheduler.model import COMPUTE_EPSILON, NodeState, SlicePlacement, TaskRequest
+from tessera.scheduler.model import COMPUTE_EPSILON, GpuState, NodeState, SlicePlacement, TaskRequest
 
 ShapeKey = tuple[object, ...]
 
@@ -49,6 +49,11 @@ class WorkGpu:
     used_memory_mib: int
     used_compute_pct: float
     mig_mode: bool
+    # A GPU in MIG mode lists its MIG instances, each a WorkGpu of its own (model: the profile)
+    # with its parent set and its compute share of the parent (slices of 7, in percent).
+    instances: list[WorkGpu] = field(default_factory=list)
+    parent: WorkGpu | None = None
+    share: float = 0.0
 
     @property
     def idle(self) -> bool:
@@ -113,18 +118,7 @@ class Workspace:
                 memory_mib=n.memory_mib,
                 used_cpu=0.0 if empty else n.used_cpu,
                 used_memory_mib=0 if empty else n.used_memory_mib,
-                gpus=[
-                    WorkGpu(
-                        uuid=g.uuid,
-                        index=g.index,
-                        model=g.model,
-                        memory_mib=g.memory_mib,
-                        used_memory_mib=0 if empty else g.used_memory_mib,
-                        used_compute_pct=0.0 if empty else g.used_compute_pct,
-                        mig_mode=g.mig_mode,
-                    )
-                    for g in sorted(n.gpus, key=lambda g: (g.index, g.uuid))
-                ],
+                gpus=[_work_gpu(g, empty) for g in sorted(n.gpus, key=lambda g: (g.index, g.uuid))],
             )
             for n in sorted(nodes, key=lambda n: n.name)
         ]
@@ -132,7 +126,9 @@ class Workspace:
         for pos, node in enumerate(self.ready_nodes):
             node.pos = pos
         self._by_name = {n.name: n for n in self.nodes}
-        self._gpu_at = {(n.name, g.uuid): (n, g) for n in self.nodes for g in n.gpus}
+        self._gpu_at = {
+            (n.name, i.uuid): (n, i) for n in self.nodes for g in n.gpus for i in (g, *g.instances)
+        }
         self._journal: list[_Entry] = []
         self.index = FreeIndex(self.ready_nodes) if indexed else None
         self.version = 0  # bumped by commit(); keys caches of results that hold for one state only
@@ -193,8 +189,6 @@ class Workspace:
         then one pass over the nodes, not 256.
         """
         res = task.resources
-        if res.kind is GpuKind.MIG:
-            return None
         key = shape_key(res)
         nodes = self.ready_nodes
         pos = cursors.get(key, 0) - 1
@@ -216,7 +210,13 @@ class Workspace:
             out = []
             for gpu, memory, compute in picks:
                 self._write(gpu, gpu.used_memory_mib + memory, gpu.used_compute_pct + compute, pos)
-                out.append(SlicePlacement(task.task_id, node.name, gpu.uuid, gpu.index, memory, compute))
+                if gpu.parent is not None:  # a MIG instance: on its parent, with its compute share
+                    p = SlicePlacement(
+                        task.task_id, node.name, gpu.parent.uuid, gpu.index, memory, gpu.share, gpu.uuid
+                    )
+                else:
+                    p = SlicePlacement(task.task_id, node.name, gpu.uuid, gpu.index, memory, compute)
+                out.append(p)
             return out
         cursors[key] = len(nodes)
         return None
@@ -224,6 +224,11 @@ class Workspace:
     def release(self, placements: Iterable[SlicePlacement], host: Iterable[tuple[str, float, int]]) -> None:
         """Free what a running job holds (journaled). Usage never drops below zero."""
         for p in placements:
+            if p.mig_uuid is not None:  # a MIG instance is held whole
+                instance = self._gpu_at.get((p.node, p.mig_uuid))
+                if instance is not None:
+                    self._write(instance[1], 0, 0.0, instance[0].pos)
+                continue
             found = self._gpu_at.get((p.node, p.gpu_uuid or ""))
             if found is not None:
                 node, gpu = found
@@ -271,11 +276,49 @@ def _other(item: WorkGpu | WorkNode) -> float:
     return item.used_compute_pct if isinstance(item, WorkGpu) else item.used_cpu
 
 
+def _work_gpu(g: GpuState, empty: bool) -> WorkGpu:
+    gpu = WorkGpu(
+        uuid=g.uuid,
+        index=g.index,
+        model=g.model,
+        memory_mib=g.memory_mib,
+        used_memory_mib=0 if empty else g.used_memory_mib,
+        used_compute_pct=0.0 if empty else g.used_compute_pct,
+        mig_mode=g.mig_mode,
+    )
+    if g.mig_mode:
+        for m in g.mig:
+            taken = m.used and not empty
+            gpu.instances.append(
+                WorkGpu(
+                    uuid=m.uuid,
+                    index=g.index,
+                    model=m.profile,
+                    memory_mib=m.memory_mib,
+                    used_memory_mib=m.memory_mib if taken else 0,
+                    used_compute_pct=100.0 if taken else 0.0,
+                    mig_mode=False,
+                    parent=gpu,
+                    share=mig_share(m.profile) * 100,
+                )
+            )
+    return gpu
+
+
 def pick_gpus(node: WorkNode, res: Resources) -> list[tuple[WorkGpu, int, float]] | None:
-    """The GPUs (with memory, compute) a task would take on this node, first fit; None if it can't."""
+    """The GPUs (with memory, compute) a task would take on this node, first fit; None if it can't.
+
+    A MIG request takes a whole free MIG instance of its profile (memory and all of its compute).
+    """
     kind = res.kind
     if kind is GpuKind.NONE:
         return []
+    if kind is GpuKind.MIG:
+        for gpu in node.gpus:
+            for instance in gpu.instances:
+                if instance.model == res.mig_profile and instance.idle:
+                    return [(instance, instance.memory_mib, 100.0)]
+        return None
     if kind is GpuKind.WHOLE:
         # Whole GPUs are exclusive: only completely idle devices, all on this one node.
         idle = [g for g in node.gpus if g.serves(res) and g.idle]
@@ -304,8 +347,10 @@ def _gpu_shortage(nodes: list[WorkNode], task: TaskRequest, scope: Scope) -> str
     """What keeps a GPU task off every node's GPUs, ignoring host CPU/memory; None if GPUs suffice."""
     res = task.resources
     gpus = [(n, g) for n in nodes for g in n.gpus]
-    usable = [(n, g) for n, g in gpus if g.serves(res)]
     head = f"task {task.label} needs"
+    if res.kind is GpuKind.MIG:
+        return _mig_shortage(gpus, res, head, scope)
+    usable = [(n, g) for n, g in gpus if g.serves(res)]
     if not usable:
         if not gpus:
             return f"{head} a GPU; {scope.none} has one"
@@ -341,6 +386,18 @@ def _gpu_shortage(nodes: list[WorkNode], task: TaskRequest, scope: Scope) -> str
         f"{head} {format_mib(memory)} GPU memory and {pct(compute)} compute on one GPU; "
         f"most free {scope.where}: {format_mib(free_mem)} / {pct(free_pct)} ({n.name}, GPU {g.index})"
     )
+
+
+def _mig_shortage(
+    gpus: list[tuple[WorkNode, WorkGpu]], res: Resources, head: str, scope: Scope
+) -> str | None:
+    instances = [i for _, g in gpus for i in g.instances if i.model == res.mig_profile]
+    if not instances:
+        offered = ", ".join(sorted({i.model for _, g in gpus for i in g.instances})) or "none"
+        return f"{head} a MIG instance {res.mig_profile}; {scope.none} has one (profiles: {offered})"
+    if any(i.idle for i in instances):
+        return None
+    return f"{head} a free MIG instance {res.mig_profile}; {scope.where}: {len(instances)}, all taken"
 
 
 def shortage(cluster: Workspace, task: TaskRequest, placed_before: int, scope: Scope) -> str:

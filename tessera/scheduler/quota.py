@@ -84,7 +84,7 @@ class Shape:
         kind = res.kind
         count = res.gpu_count
         if kind in (GpuKind.NONE, GpuKind.MIG, GpuKind.WHOLE):
-            charge = float(count) if kind is GpuKind.WHOLE else 0.0
+            charge = float(count) if kind is GpuKind.WHOLE else res.mig_share
             return cls(kind, count, res.cpu, res.memory, 0.0, 0, charge, charge, False)
         demands = []
         for model, size in gpu_models:

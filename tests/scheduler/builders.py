@@ -25,6 +25,7 @@ from tessera.scheduler.model import (
     Bind,
     Decisions,
     GpuState,
+    MigState,
     NodeState,
     PendingJob,
     QueueState,
@@ -193,8 +194,22 @@ class NodeBuilder:
         )
         return self
 
-    def mig_mode(self, index: int) -> NodeBuilder:
-        self._gpus[index] = dataclasses.replace(self._gpus[index], mig_mode=True)
+    def mig_mode(self, index: int, *instances: tuple[str, str | int]) -> NodeBuilder:
+        """Put GPU ``index`` in MIG mode with these (profile, memory) instances."""
+        gpu = self._gpus[index]
+        migs = tuple(
+            MigState(uuid=f"MIG-{gpu.uuid}-{i}", profile=profile, memory_mib=parse_memory_mib(memory))
+            for i, (profile, memory) in enumerate(instances)
+        )
+        self._gpus[index] = dataclasses.replace(gpu, mig_mode=True, mig=migs)
+        return self
+
+    def mig_used(self, index: int, instance: int) -> NodeBuilder:
+        """Mark MIG instance ``instance`` of GPU ``index`` as taken."""
+        gpu = self._gpus[index]
+        migs = list(gpu.mig)
+        migs[instance] = dataclasses.replace(migs[instance], used=True)
+        self._gpus[index] = dataclasses.replace(gpu, mig=tuple(migs))
         return self
 
     def cpu(self, cpu: float, used: float = 0.0) -> NodeBuilder:
@@ -247,6 +262,7 @@ def apply_binds(
     nodes: Iterable[NodeState], jobs: Iterable[PendingJob], binds: Iterable[Bind]
 ) -> list[NodeState]:
     """Nodes with every bind's usage added: GPU memory/compute and host CPU/memory per task."""
+    binds = list(binds)
     resources = {t.task_id: t.resources for j in jobs for t in j.tasks}
     by_name = {n.name: n for n in nodes}
     gpu_use: dict[tuple[str, str], tuple[int, float]] = {}
@@ -259,6 +275,7 @@ def apply_binds(
             if p.gpu_uuid is not None:
                 mem_used, pct_used = gpu_use.get((p.node, p.gpu_uuid), (0, 0.0))
                 gpu_use[(p.node, p.gpu_uuid)] = (mem_used + p.memory_mib, pct_used + p.compute_pct)
+    migs = {p.mig_uuid for b in binds for p in b.placements if p.mig_uuid}
     out = []
     for name, node in by_name.items():
         gpus = tuple(
@@ -266,6 +283,7 @@ def apply_binds(
                 g,
                 used_memory_mib=g.used_memory_mib + gpu_use.get((name, g.uuid), (0, 0.0))[0],
                 used_compute_pct=g.used_compute_pct + gpu_use.get((name, g.uuid), (0, 0.0))[1],
+                mig=tuple(dataclasses.replace(m, used=True) if m.uuid in migs else m for m in g.mig),
             )
             for g in node.gpus
         )
@@ -360,6 +378,7 @@ def start(
 
 def release(nodes: Iterable[NodeState], jobs: Iterable[RunningJob]) -> list[NodeState]:
     """Nodes with these running jobs' usage taken off."""
+    jobs = list(jobs)
     gpu_use: dict[tuple[str, str], tuple[int, float]] = {}
     host_use: dict[str, tuple[float, int]] = {}
     for job in jobs:
@@ -370,6 +389,7 @@ def release(nodes: Iterable[NodeState], jobs: Iterable[RunningJob]) -> list[Node
         for where, cpu, memory_mib in job.host_usage:
             used_cpu, used_memory = host_use.get(where, (0.0, 0))
             host_use[where] = (used_cpu + cpu, used_memory + memory_mib)
+    migs = {p.mig_uuid for j in jobs for p in j.placements if p.mig_uuid}
     out = []
     for node in nodes:
         gpus = tuple(
@@ -377,6 +397,7 @@ def release(nodes: Iterable[NodeState], jobs: Iterable[RunningJob]) -> list[Node
                 g,
                 used_memory_mib=g.used_memory_mib - gpu_use.get((node.name, g.uuid), (0, 0.0))[0],
                 used_compute_pct=max(0.0, g.used_compute_pct - gpu_use.get((node.name, g.uuid), (0, 0.0))[1]),
+                mig=tuple(dataclasses.replace(m, used=False) if m.uuid in migs else m for m in g.mig),
             )
             for g in node.gpus
         )

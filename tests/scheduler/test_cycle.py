@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from tessera.api.resources import GpuKind
-from tessera.scheduler.cycle import MIG_NOT_SUPPORTED, TesseraScheduler
+from tessera.scheduler.cycle import TesseraScheduler
 from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
     COMPUTE_EPSILON,
@@ -134,7 +134,20 @@ def test_protocol_and_name() -> None:
             "waiting for capacity: task worker-0 needs a GPU of model H100; "
             "no Ready node has one (models: T4)",
         ),
-        ([make_node("n1").gpus(1)], make_job("j").mig("1g.10gb"), UNSCHEDULABLE, MIG_NOT_SUPPORTED),
+        (
+            [make_node("n1").gpus(1).mig_mode(0, ("3g.40gb", "40Gi"))],
+            make_job("j").mig("1g.10gb"),
+            GANG_TOO_LARGE,
+            "gang of 1 task needs more than the whole cluster offers: task worker-0 needs a MIG instance "
+            "1g.10gb; no node has one (profiles: 3g.40gb)",
+        ),
+        (
+            [make_node("n1").gpus(1).mig_mode(0, ("1g.10gb", "10Gi")).mig_used(0, 0)],
+            make_job("j").mig("1g.10gb"),
+            UNSCHEDULABLE,  # taken by no running job the snapshot knows: nothing to reserve behind
+            "waiting for capacity: task worker-0 needs a free MIG instance 1g.10gb; "
+            "on a Ready node: 1, all taken",
+        ),
     ],
     ids=[
         "no-nodes",
@@ -148,7 +161,8 @@ def test_protocol_and_name() -> None:
         "cpu-short",
         "no-model",
         "model-not-ready",
-        "mig",
+        "mig-profile-missing",
+        "mig-all-taken",
     ],
 )
 def test_pending_reasons(nodes: list, job: JobBuilder, code: str, message: str) -> None:
@@ -468,3 +482,30 @@ def test_whole_gpu_tasks_take_idle_gpus_only() -> None:
     assert [(p.gpu_index, p.memory_mib, p.compute_pct) for p in decisions.binds[0].placements] == [
         (1, 81920, 100.0)
     ]
+
+
+def test_mig_instances_are_placed_whole_and_only_for_their_profile() -> None:
+    node = make_node("n1").gpus(2).mig_mode(0, ("1g.10gb", "10Gi"), ("1g.10gb", "10Gi"), ("3g.40gb", "40Gi"))
+    jobs = [
+        make_job("pair").mig("1g.10gb").workers(2).submitted(0),
+        make_job("whole").gpus(1).submitted(1),
+        make_job("third").mig("1g.10gb").submitted(2),
+    ]
+    decisions = run([node.build()], [j.build() for j in jobs])
+    binds = {b.job_id: b for b in decisions.binds}
+    pair = binds[job_id("pair")].placements
+    assert sorted(p.mig_uuid or "" for p in pair) == ["MIG-GPU-n1-0-0", "MIG-GPU-n1-0-1"]
+    assert all(p.gpu_uuid == "GPU-n1-0" and p.memory_mib == 10240 for p in pair)
+    assert all(abs(p.compute_pct - 100 / 7) < 1e-9 for p in pair)
+    [whole] = binds[job_id("whole")].placements
+    assert whole.gpu_uuid == "GPU-n1-1" and whole.mig_uuid is None  # never the GPU in MIG mode
+    reason = decisions.pending[job_id("third")]
+    assert "needs a free MIG instance 1g.10gb" in reason.message and "2, all taken" in reason.message
+
+
+def test_a_mig_victim_frees_its_instance() -> None:
+    node = make_node("n1").gpus(1).mig_mode(0, ("1g.10gb", "10Gi"))
+    nodes, running = start([node], [make_job("low").mig("1g.10gb").priority(0).preemptible()])
+    assert nodes[0].gpus[0].mig[0].used
+    decisions = run(nodes, [make_job("hi").mig("1g.10gb").priority(10).build()], running)
+    assert [e.job_id for e in decisions.evictions] == [job_id("low")]

@@ -4,7 +4,7 @@ from collections.abc import Callable
 import pytest
 
 from tessera.api.resources import GpuKind
-from tessera.scheduler.firstfit import MIG_NOT_SUPPORTED, FirstFit
+from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
     COMPUTE_EPSILON,
     GANG_TOO_LARGE,
@@ -242,7 +242,13 @@ def test_priority_then_submit_time_then_id(a: JobBuilder, b: JobBuilder, winner:
             "waiting for capacity: task worker-0 needs a GPU of model H100; "
             "no Ready node has one (models: T4)",
         ),
-        ([make_node("n1").gpus(1)], make_job("j").mig("1g.10gb"), UNSCHEDULABLE, MIG_NOT_SUPPORTED),
+        (
+            [make_node("n1").gpus(1)],
+            make_job("j").mig("1g.10gb"),
+            GANG_TOO_LARGE,
+            "gang of 1 task needs more than the whole cluster offers: task worker-0 needs a MIG instance "
+            "1g.10gb; no node has one (profiles: none)",
+        ),
     ],
     ids=[
         "no-nodes",

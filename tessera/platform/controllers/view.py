@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeState
 from tessera.api.events import Change
-from tessera.api.jobs import Job, JobState
+from tessera.api.jobs import Allocation, Job, JobState
 from tessera.api.queues import Queue
 from tessera.api.resources import ResourceAmounts
 from tessera.platform.services import convert
@@ -35,7 +35,7 @@ PREEMPT_CLAIM = timedelta(seconds=90)
 """How long a job that evicted others keeps its claim on the room (victims that never exit, a
 node lost): after that it may evict again rather than be stuck behind an eviction that frees nothing."""
 
-_GpuUse = tuple[str, str, int, float]  # (node, GPU uuid, memory MiB, compute %)
+_GpuUse = tuple[str, str, int, float, str | None]  # (node, GPU uuid, memory MiB, compute %, MIG uuid)
 _HostUse = tuple[str, float, int]  # (node, cpu, memory MiB)
 
 
@@ -146,14 +146,17 @@ class ClusterView:
     def _node_state(self, node: Node) -> model.NodeState:
         gpu_memory: dict[str, int] = defaultdict(int)
         gpu_compute: dict[str, list[float]] = defaultdict(list)
+        migs: set[str] = set()
         cpu: list[float] = []
         memory = 0
         for job_id in self._on_node.get(node.name, ()):
             derived = self._derived[job_id]
-            for where, gpu, mem, pct in derived.gpus:
+            for where, gpu, mem, pct, mig in derived.gpus:
                 if where == node.name:
                     gpu_memory[gpu] += mem
                     gpu_compute[gpu].append(pct)
+                    if mig is not None:
+                        migs.add(mig)
             for where, c, m in derived.hosts:
                 if where == node.name:
                     cpu.append(c)
@@ -167,6 +170,12 @@ class ClusterView:
                 used_memory_mib=gpu_memory.get(g.uuid, 0),
                 used_compute_pct=math.fsum(gpu_compute.get(g.uuid, ())),
                 mig_mode=g.mig_mode,
+                mig=tuple(
+                    model.MigState(
+                        uuid=m.uuid, profile=m.profile, memory_mib=m.memory_mib, used=m.uuid in migs
+                    )
+                    for m in g.mig_instances
+                ),
             )
             for g in node.inventory.gpus
         )
@@ -183,7 +192,9 @@ class ClusterView:
 
 def _derive(job: Job) -> _Derived:
     """What the scheduler needs of one job version."""
-    gpus = [(a.node, a.gpu_uuid, a.memory_mib, a.compute_pct) for a in job.draining if a.gpu_uuid]
+    gpus = [
+        (a.node, a.gpu_uuid, a.memory_mib, a.compute_pct, a.mig_instance) for a in job.draining if a.gpu_uuid
+    ]
     if job.status.state.terminal:  # only its draining slices still count
         return _Derived(None, None, tuple(gpus), (), None)
     groups = {g.name: g for g in job.spec.groups}
@@ -208,7 +219,11 @@ def _derive(job: Job) -> _Derived:
         )
         claim = job.updated_at + PREEMPT_CLAIM if reason is not None and reason.code == PREEMPTING else None
         return _Derived(pending, None, tuple(gpus), (), claim)
-    gpus += [(a.node, a.gpu_uuid, a.memory_mib, a.compute_pct) for a in job.allocations if a.gpu_uuid]
+    gpus += [
+        (a.node, a.gpu_uuid, a.memory_mib, a.compute_pct, a.mig_instance)
+        for a in job.allocations
+        if a.gpu_uuid
+    ]
     bound = {a.task_id for a in job.allocations}
     hosts = tuple(
         (t.node, groups[t.group].resources.cpu, groups[t.group].resources.memory)
@@ -223,6 +238,7 @@ def _derive(job: Job) -> _Derived:
             gpu_index=None,
             memory_mib=a.memory_mib,
             compute_pct=a.compute_pct,
+            mig_uuid=a.mig_instance,
         )
         for a in job.allocations
     )
@@ -241,6 +257,10 @@ def _derive(job: Job) -> _Derived:
         backfill_until=job.status.backfill_until,
     )
     return _Derived(None, running, tuple(gpus), hosts, None)
+
+
+def _gpu_use(a: Allocation) -> _GpuUse:
+    return (a.node, a.gpu_uuid or "", a.memory_mib, a.compute_pct, a.mig_instance)
 
 
 def _seconds(delta: timedelta | None) -> float | None:

@@ -74,6 +74,7 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
                 node=placement.node,
                 gpu_uuid=placement.gpu_uuid,
                 memory_mib=placement.memory_mib,
+                mig_instance=placement.mig_uuid,
                 attempt=attempt,
                 compute_pct=placement.compute_pct,
                 tier="bookkeeping" if placement.gpu_uuid else None,
@@ -121,6 +122,14 @@ def _capacity_holds(tx: Tx, bind: Bind) -> bool:
     ).all():
         if gpu is not None:
             used[gpu] = [float(memory or 0), float(compute or 0)]
+    wanted = {p.mig_uuid for p in bind.placements if p.mig_uuid}
+    if wanted:  # a MIG instance is one task's: it must exist and be free
+        offered = {m.uuid for inv in inventories.values() for g in inv.gpus for m in g.mig_instances}
+        taken = tx.session.execute(
+            select(AllocationRow.mig_instance).where(AllocationRow.mig_instance.in_(sorted(wanted)))
+        ).all()
+        if not wanted <= offered or taken or len(wanted) < sum(1 for p in bind.placements if p.mig_uuid):
+            return False
     capacity = {g.uuid: g.memory_mib for inv in inventories.values() for g in inv.gpus}
     for p in bind.placements:
         if p.gpu_uuid is None:
