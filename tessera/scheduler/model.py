@@ -55,6 +55,8 @@ class GpuState:
     used_compute_pct: float = 0.0
     mig_mode: bool = False
     mig: tuple[MigState, ...] = ()  # its MIG instances, when in MIG mode
+    numa_node: int | None = None  # topology, when the inventory reports it
+    nvlink_peers: tuple[str, ...] = ()  # UUIDs of the GPUs it has NVLink to
 
     @property
     def free_memory_mib(self) -> int:

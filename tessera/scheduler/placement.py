@@ -54,6 +54,10 @@ class WorkGpu:
     instances: list[WorkGpu] = field(default_factory=list)
     parent: WorkGpu | None = None
     share: float = 0.0
+    # Topology groups for multi-GPU tasks: its NVLink island (GPUs linked directly or through
+    # others) and NUMA node; -1 when the inventory does not say.
+    island: int = -1
+    numa: int = -1
 
     @property
     def idle(self) -> bool:
@@ -122,6 +126,8 @@ class Workspace:
             )
             for n in sorted(nodes, key=lambda n: n.name)
         ]
+        for node, state in zip(self.nodes, sorted(nodes, key=lambda n: n.name), strict=True):
+            _topology(node, state)
         self.ready_nodes = [n for n in self.nodes if n.ready]
         for pos, node in enumerate(self.ready_nodes):
             node.pos = pos
@@ -276,6 +282,45 @@ def _other(item: WorkGpu | WorkNode) -> float:
     return item.used_compute_pct if isinstance(item, WorkGpu) else item.used_cpu
 
 
+def _topology(node: WorkNode, state: NodeState) -> None:
+    """Number the node's NVLink islands (connected components of its peer links) and NUMA nodes."""
+    by_uuid = {g.uuid: g for g in node.gpus}
+    links = {g.uuid: [p for p in g.nvlink_peers if p in by_uuid] for g in state.gpus}
+    island = 0
+    for gpu in node.gpus:
+        if gpu.island >= 0 or not links.get(gpu.uuid):
+            continue
+        stack = [gpu]
+        gpu.island = island
+        while stack:
+            for peer in links.get(stack.pop().uuid, ()):
+                other = by_uuid[peer]
+                if other.island < 0:
+                    other.island = island
+                    stack.append(other)
+        island += 1
+    for gpu, g in zip(node.gpus, sorted(state.gpus, key=lambda g: (g.index, g.uuid)), strict=True):
+        gpu.numa = g.numa_node if g.numa_node is not None else -1
+
+
+def _together(idle: list[WorkGpu], count: int) -> list[WorkGpu]:
+    """Idle GPUs reordered so the first ``count`` share an NVLink island, else a NUMA node, if any can.
+
+    Of the groups that can hold the task, the one with the fewest idle GPUs is used (best fit), so
+    larger groups stay whole for larger tasks; ties go to the lowest GPU index.
+    """
+    for key in (lambda g: g.island, lambda g: g.numa):
+        groups: dict[int, list[WorkGpu]] = {}
+        for gpu in idle:
+            if key(gpu) >= 0:
+                groups.setdefault(key(gpu), []).append(gpu)
+        fitting = [members for members in groups.values() if len(members) >= count]
+        if fitting:
+            best = min(fitting, key=lambda members: (len(members), members[0].index))
+            return best + [g for g in idle if g not in best]
+    return idle
+
+
 def _work_gpu(g: GpuState, empty: bool) -> WorkGpu:
     gpu = WorkGpu(
         uuid=g.uuid,
@@ -322,9 +367,12 @@ def pick_gpus(node: WorkNode, res: Resources) -> list[tuple[WorkGpu, int, float]
     if kind is GpuKind.WHOLE:
         # Whole GPUs are exclusive: only completely idle devices, all on this one node.
         idle = [g for g in node.gpus if g.serves(res) and g.idle]
-        if len(idle) < res.gpu_count:
+        count = res.gpu_count
+        if len(idle) < count:
             return None
-        return [(g, g.memory_mib, 100.0) for g in idle[: res.gpu_count]]
+        if count > 1:
+            idle = _together(idle, count)
+        return [(g, g.memory_mib, 100.0) for g in idle[:count]]
     demands: dict[int, tuple[int, float]] = {}  # nodes usually have one GPU size: compute it once
     for gpu in node.gpus:
         if not gpu.serves(res):

@@ -204,6 +204,22 @@ class NodeBuilder:
         self._gpus[index] = dataclasses.replace(gpu, mig_mode=True, mig=migs)
         return self
 
+    def nvlink(self, *islands: Iterable[int]) -> NodeBuilder:
+        """Link every GPU of each island (by index) to the others of that island."""
+        for island in islands:
+            members = list(island)
+            for i in members:
+                peers = tuple(self._gpus[j].uuid for j in members if j != i)
+                self._gpus[i] = dataclasses.replace(self._gpus[i], nvlink_peers=peers)
+        return self
+
+    def numa(self, *nodes: Iterable[int]) -> NodeBuilder:
+        """Put the GPUs of each group (by index) on NUMA node 0, 1, ..."""
+        for numa, members in enumerate(nodes):
+            for i in members:
+                self._gpus[i] = dataclasses.replace(self._gpus[i], numa_node=numa)
+        return self
+
     def mig_used(self, index: int, instance: int) -> NodeBuilder:
         """Mark MIG instance ``instance`` of GPU ``index`` as taken."""
         gpu = self._gpus[index]

@@ -27,6 +27,7 @@ from tessera.scheduler.quota import QUOTA_EXCEEDED, running_charge
 from tests.scheduler.builders import (
     NOW,
     JobBuilder,
+    NodeBuilder,
     apply_binds,
     job_id,
     make_job,
@@ -509,3 +510,28 @@ def test_a_mig_victim_frees_its_instance() -> None:
     assert nodes[0].gpus[0].mig[0].used
     decisions = run(nodes, [make_job("hi").mig("1g.10gb").priority(10).build()], running)
     assert [e.job_id for e in decisions.evictions] == [job_id("low")]
+
+
+@pytest.mark.parametrize(
+    ("node", "used", "gpus", "expected"),
+    [
+        # NVLink islands {0-3} and {4-7}, GPU 0 taken: 4 GPUs go to the island that is whole
+        (make_node("n1").gpus(8).nvlink(range(4), range(4, 8)), [0], 4, [4, 5, 6, 7]),
+        # 2 GPUs: best fit, the island with 3 idle, so the other stays whole for a 4-GPU task
+        (make_node("n1").gpus(8).nvlink(range(4), range(4, 8)), [0], 2, [1, 2]),
+        # no NVLink reported: NUMA nodes decide
+        (make_node("n1").gpus(8).numa(range(4), range(4, 8)), [1], 4, [4, 5, 6, 7]),
+        # no island can hold it: first idle GPUs, as without topology
+        (make_node("n1").gpus(8).nvlink(range(4), range(4, 8)), [0, 4], 4, [1, 2, 3, 5]),
+        (make_node("n1").gpus(8), [0], 4, [1, 2, 3, 4]),
+    ],
+    ids=["island", "island-best-fit", "numa", "no-group-fits", "no-topology"],
+)
+def test_multi_gpu_tasks_stay_on_one_nvlink_island_or_numa_node(
+    node: NodeBuilder, used: list[int], gpus: int, expected: list[int]
+) -> None:
+    for index in used:
+        node.gpu_used(index, "80Gi", 100)
+    decisions = run([node.build()], [make_job("j").gpus(gpus).build()])
+    [bind] = decisions.binds
+    assert sorted(p.gpu_index or 0 for p in bind.placements) == expected

@@ -170,6 +170,8 @@ class ClusterView:
                 used_memory_mib=gpu_memory.get(g.uuid, 0),
                 used_compute_pct=math.fsum(gpu_compute.get(g.uuid, ())),
                 mig_mode=g.mig_mode,
+                numa_node=g.numa_node,
+                nvlink_peers=tuple(g.nvlink_peers),
                 mig=tuple(
                     model.MigState(
                         uuid=m.uuid, profile=m.profile, memory_mib=m.memory_mib, used=m.uuid in migs
