@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from tessera.api.quantities import format_mib
-from tessera.api.queues import Queue
+from tessera.api.queues import PLACEMENT_FORM, Queue
 from tessera.cli.output import Format, dump, out, server_errors, table
 from tessera.client import Client
 
@@ -43,6 +43,7 @@ def _changes(
     borrowing_limit: str | None,
     weight: float | None,
     description: str | None,
+    placement: str | None = None,
 ) -> dict[str, Any]:
     """The fields given on the command line, in the API's spelling."""
     fields = {
@@ -50,6 +51,7 @@ def _changes(
         "guaranteed": _amounts(guaranteed, "--guaranteed"),
         "borrowing_limit": _amounts(borrowing_limit, "--borrowing-limit"),
         "weight": weight,
+        "placement": placement,
         "description": description,
     }
     return {key: value for key, value in fields.items() if value is not None}
@@ -72,14 +74,18 @@ def _show(queues: list[Queue], output: Format) -> None:
             _fmt(q.spec.guaranteed),
             _fmt(q.spec.borrowing_limit),
             f"{q.spec.weight:g}",
+            q.spec.placement or "-",
         ]
         for q in queues
     ]
-    table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT"], rows)
+    table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT", "PLACEMENT"], rows)
 
 
 GuaranteedOpt = Annotated[str | None, typer.Option(help=f"Guaranteed quota: {AMOUNTS_FORM}.")]
 BorrowOpt = Annotated[str | None, typer.Option(help=f"Borrowing limit beyond guaranteed: {AMOUNTS_FORM}.")]
+PlacementOpt = Annotated[
+    str | None, typer.Option(help=f"Placement policy of its jobs: {PLACEMENT_FORM} (default: the cluster's).")
+]
 
 
 @queue_app.command("create")
@@ -89,11 +95,12 @@ def create(
     guaranteed: GuaranteedOpt = None,
     borrowing_limit: BorrowOpt = None,
     weight: Annotated[float | None, typer.Option(help="Fair-share weight (default 1).")] = None,
+    placement: PlacementOpt = None,
     description: Annotated[str | None, typer.Option()] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a queue (admin)."""
-    body = {"name": name, **_changes(parent, guaranteed, borrowing_limit, weight, description)}
+    body = {"name": name, **_changes(parent, guaranteed, borrowing_limit, weight, description, placement)}
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("POST", "/api/v1/queues", json=body).json())
     _show([queue], output)
@@ -122,11 +129,12 @@ def update(
     guaranteed: GuaranteedOpt = None,
     borrowing_limit: BorrowOpt = None,
     weight: Annotated[float | None, typer.Option()] = None,
+    placement: PlacementOpt = None,
     description: Annotated[str | None, typer.Option()] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Change a queue (admin); only the given fields change."""
-    body = _changes(parent, guaranteed, borrowing_limit, weight, description)
+    body = _changes(parent, guaranteed, borrowing_limit, weight, description, placement)
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("PATCH", f"/api/v1/queues/{name}", json=body).json())
     _show([queue], output)

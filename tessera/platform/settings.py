@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tessera.api.queues import check_placement
+
 DEFAULT_PORT = 8470
 SIMULATE_FORM = "COUNTxMODEL-MEMORY, e.g. 2xA100-80GB or 1xH200-141GB,4xT4-16GB"
 
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     scheduler: str = Field(default="tessera", description="Scheduler: tessera or firstfit.")
     scheduler_interval: float = Field(default=0.3, gt=0, le=60, description="Seconds between cycles.")
+    placement: str = Field(
+        default="tessera", description="Cluster-wide placement policy; queues may set their own."
+    )
     node_heartbeat_timeout: float = Field(
         default=40, gt=0, description="Seconds without a heartbeat before a node is NotReady."
     )
@@ -49,6 +54,12 @@ class Settings(BaseSettings):
     def _simulate(cls, value: str | None) -> str | None:
         if value:
             parse_simulated_gpus(value)
+        return value
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, value: str) -> str:
+        check_placement(value)
         return value
 
     @field_validator("scheduler")

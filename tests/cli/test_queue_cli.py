@@ -42,6 +42,12 @@ def test_queue_lifecycle(server: Server) -> None:
     assert "research" in listed and "vision" in listed and "unlimited" in listed
     updated = json.loads(server.run("queue", "update", "vision", "--weight", "3", "-o", "json").stdout)
     assert updated[0]["spec"]["weight"] == 3.0 and updated[0]["spec"]["parent"] == "research"
+    assert updated[0]["spec"]["placement"] is None
+    packed = json.loads(
+        server.run("queue", "update", "vision", "--placement", "packing", "-o", "json").stdout
+    )
+    assert packed[0]["spec"]["placement"] == "packing" and packed[0]["spec"]["weight"] == 3.0
+    assert "packing" in server.run("queue", "get", "vision").stdout
     assert server.run("queue", "delete", "vision").returncode == 0
     assert server.run("queue", "get", "vision").returncode == 1
 
@@ -52,6 +58,10 @@ def test_queue_lifecycle(server: Server) -> None:
         (["create", "a", "--parent", "nope"], "parent queue 'nope' does not exist"),
         (["create", "b", "--guaranteed", "gpu=-1"], "greater than or equal to 0"),
         (["create", "c", "--weight", "0"], "weight"),
+        (
+            ["create", "d", "--placement", "tetris"],
+            "unknown placement policy 'tetris'; valid: one of tessera",
+        ),
     ],
 )
 def test_bad_queues_are_refused_with_a_reason(server: Server, args: list[str], says: str) -> None:
