@@ -24,7 +24,7 @@ def _host_memory_mib() -> int:
 
 def simulated_gpus(node: str, spec: str) -> list[Gpu]:
     """GPUs from ``2xA100-80GB,1xT4-16GB``; every one is labelled simulated."""
-    from tessera.platform.settings import parse_simulated_gpus
+    from tessera.api.simulate import parse_simulated_gpus
 
     gpus: list[Gpu] = []
     for count, model, memory in parse_simulated_gpus(spec):
