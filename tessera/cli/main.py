@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import jobs, local, queues
+from tessera.cli import jobs, local, queues, sim
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 jobs.register(app)
 app.add_typer(queues.queue_app, name="queue")
+app.add_typer(sim.sim_app, name="sim")
 app.command("node")(local.node)
 app.command("down")(local.down)
 

@@ -51,7 +51,7 @@ from tessera.scheduler.model import (
     Snapshot,
     TaskRequest,
 )
-from tessera.scheduler.placement import ShapeKey, Workspace, shape_key, shortage
+from tessera.scheduler.placement import Ranking, ShapeKey, Workspace, shape_key, shortage
 from tessera.scheduler.preempt import (
     PREEMPTING,
     Victim,
@@ -61,8 +61,10 @@ from tessera.scheduler.preempt import (
     preempting_message,
 )
 from tessera.scheduler.quota import QUOTA_EXCEEDED, FairOrder, QueueTree, Shape, gpu_charge, job_order
+from tessera.scheduler.scoring import Scorer, running_specs, seed_tallies
 
 _Signature = tuple[tuple[ShapeKey, ...], int]
+FIRST_FIT = "firstfit"  # the placement that scores nothing: first Ready node by name that fits
 
 
 @dataclass(slots=True)
@@ -139,6 +141,7 @@ class _Cycle:
         # lose its place before its victims and have its room taken back.
         self._owed_to: dict[str, str] = {}
         self._order = FairOrder(self.tree, ())
+        self._placements = {q.name: q for q in snapshot.queues}
         self.binds: list[Bind] = []
         self.pending: dict[uuid.UUID, PendingReason] = {}
         self.evictions: list[Eviction] = []
@@ -338,6 +341,7 @@ class _Cycle:
         if gang_why is not None:
             return self._failure(gang_why, gang, total, None)
 
+        rank = self._rank(job)
         start = ws.mark()
         cursors: dict[ShapeKey, int] = {}
         placed: list[tuple[TaskRequest, list[SlicePlacement], int]] = []
@@ -346,7 +350,7 @@ class _Cycle:
             if len(placed) + len(maybe) - n < gang:
                 break  # too many have failed for the rest to make up the gang
             mark = ws.mark()
-            placements = ws.place_task(tasks[i], cursors)
+            placements = ws.place_task(tasks[i], cursors, rank)
             if placements is not None:
                 placed.append((tasks[i], placements, mark))
                 continue
@@ -377,6 +381,31 @@ class _Cycle:
         if keep < len(placed):
             ws.rollback(placed[keep][2])  # the later tasks would pass the borrowing limit
         return _Attempt([p for _, ps, _ in placed[:keep] for p in ps], prefix[keep])
+
+    def _rank(self, job: PendingJob) -> Ranking | None:
+        """The job's placement policy (its queue's, an ancestor's, or the cluster's) and locality."""
+        name = self._snapshot.placement
+        queue = self._placements.get(job.queue)
+        while queue is not None:
+            if queue.placement is not None:
+                name = queue.placement
+                break
+            queue = self._placements.get(queue.parent) if queue.parent else None
+        if name == FIRST_FIT:
+            return None
+        if self.live.scorer is None:
+            self.live.scorer = self._scorer()
+        return Ranking(name, dict(job.locality) if job.locality else None)
+
+    def _scorer(self) -> Scorer:
+        scorer = Scorer(self.live.ready_nodes)
+        specs = [
+            (scorer.spec(t.resources), t.resources.memory) for j in self._snapshot.pending for t in j.tasks
+        ]
+        specs += [s for j in self._snapshot.running for s in running_specs(j, self._gpu_memory)]
+        scorer.learn(specs)
+        seed_tallies(self.live.ready_nodes, self._snapshot.running)
+        return scorer
 
     @staticmethod
     def _failure(detail: str, gang: int, total: int, fit_now: str | None) -> _Attempt:

@@ -134,6 +134,7 @@ class QueueState:
     guaranteed: Amounts = Amounts()
     borrowing_limit: Amounts | None = None
     weight: float = 1.0
+    placement: str | None = None  # placement policy of its jobs; None: the parent's, else the cluster's
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,8 @@ class PendingJob:
     min_available: int | None = None  # gang size; None means every task
     expected_runtime_s: float | None = None
     reserved: bool = False  # it held a reservation last cycle (see backfill.py)
+    # Data locality (the datasets' node caches): per node, the fraction of the job's data cached there.
+    locality: tuple[tuple[str, float], ...] = ()
 
     @property
     def gang_size(self) -> int:
@@ -166,6 +169,7 @@ class Snapshot:
     now: datetime
     running: tuple[RunningJob, ...] = ()
     queues: tuple[QueueState, ...] = ()
+    placement: str = "tessera"  # the cluster's placement policy (queues may set their own)
 
 
 @dataclass(frozen=True, slots=True)

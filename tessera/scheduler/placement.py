@@ -15,14 +15,26 @@ refused in O(log nodes) instead of by scanning every GPU.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tessera.api.quantities import format_mib
 from tessera.api.resources import GpuKind, Resources, mig_share
 from tessera.scheduler.freeindex import FreeIndex, Scope, pct, plural
 from tessera.scheduler.model import COMPUTE_EPSILON, GpuState, NodeState, SlicePlacement, TaskRequest
 
+if TYPE_CHECKING:
+    from tessera.scheduler.scoring import Scorer
+
 ShapeKey = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """How a job's tasks choose among the nodes that fit: a placement policy and data locality."""
+
+    policy: str
+    locality: dict[str, float] | None = None
 
 
 def shape_key(res: Resources) -> ShapeKey:
@@ -51,7 +63,7 @@ class WorkGpu:
     mig_mode: bool
     # A GPU in MIG mode lists its MIG instances, each a WorkGpu of its own (model: the profile)
     # with its parent set and its compute share of the parent (slices of 7, in percent).
-    instances: list[WorkGpu] = field(default_factory=list)
+    instances: tuple[WorkGpu, ...] = ()
     parent: WorkGpu | None = None
     share: float = 0.0
     # Topology groups for multi-GPU tasks: its NVLink island (GPUs linked directly or through
@@ -88,6 +100,16 @@ class WorkNode:
     used_memory_mib: int
     gpus: list[WorkGpu]
     pos: int = -1  # index among the Ready nodes; -1 when NotReady
+    tallies: dict[int, Tally] | None = None  # tasks held per request class, once a scorer asks
+
+    def tally(self, cls: int) -> Tally:
+        """The count of tasks of request class ``cls`` on this node."""
+        if self.tallies is None:
+            self.tallies = {}
+        found = self.tallies.get(cls)
+        if found is None:
+            found = self.tallies[cls] = Tally()
+        return found
 
     def holds_host(self, resources: Resources) -> bool:
         """Whether the node has the task's CPU and memory left."""
@@ -98,9 +120,28 @@ class WorkNode:
 
 
 # (item, previous used memory, previous used compute or CPU, Ready position of its node)
-_Entry = tuple[WorkGpu | WorkNode, int, float, int]
+_Entry = tuple["WorkGpu | WorkNode | Tally", int, float, int]
 # (item, memory, compute or CPU, Ready position of its node): an amount of usage to add or take off
 Delta = tuple[WorkGpu | WorkNode, int, float, int]
+
+
+@dataclass(slots=True)
+class Tally:
+    """A journaled count kept on a node: how many tasks of one request class it holds (scoring.py).
+
+    It borrows the journal's two figures: ``used_memory_mib`` is the count, ``used_cpu`` is unused.
+    """
+
+    used_memory_mib: int = 0
+    used_cpu: float = 0.0
+
+
+def request_class(res: Resources) -> int:
+    """The policies' class of a request: -1 no GPU, 0 a share of one GPU or a MIG instance, k whole GPUs."""
+    kind = res.kind
+    if kind is GpuKind.NONE:
+        return -1
+    return res.gpu_count if kind is GpuKind.WHOLE else 0
 
 
 class Workspace:
@@ -137,6 +178,7 @@ class Workspace:
         }
         self._journal: list[_Entry] = []
         self.index = FreeIndex(self.ready_nodes) if indexed else None
+        self.scorer: Scorer | None = None  # node choice by a placement policy; first fit without one
         self.version = 0  # bumped by commit(); keys caches of results that hold for one state only
 
     def mark(self) -> int:
@@ -158,7 +200,7 @@ class Workspace:
         """Declare the current state final for this cycle (it will not be rolled back)."""
         self.version += 1
 
-    def _write(self, item: WorkGpu | WorkNode, memory: int, other: float, pos: int) -> None:
+    def _write(self, item: WorkGpu | WorkNode | Tally, memory: int, other: float, pos: int) -> None:
         if isinstance(item, WorkGpu):
             self._journal.append((item, item.used_memory_mib, item.used_compute_pct, pos))
             item.used_compute_pct = other
@@ -169,8 +211,11 @@ class Workspace:
         self._touched(pos)
 
     def _touched(self, pos: int) -> None:
-        if self.index is not None and pos >= 0:
-            self.index.dirty.add(pos)
+        if pos >= 0:
+            if self.index is not None:
+                self.index.dirty.add(pos)
+            if self.scorer is not None:
+                self.scorer.dirty.add(pos)
 
     def place_gang(self, tasks: Sequence[TaskRequest]) -> tuple[list[SlicePlacement], int | None]:
         """Place tasks in order; (placements, None) or (partial, index of the first that failed).
@@ -186,15 +231,23 @@ class Workspace:
             placements.extend(placed)
         return placements, None
 
-    def place_task(self, task: TaskRequest, cursors: dict[ShapeKey, int]) -> list[SlicePlacement] | None:
-        """Place one task on the first Ready node with room; None if none has.
+    def place_task(
+        self, task: TaskRequest, cursors: dict[ShapeKey, int], rank: Ranking | None = None
+    ) -> list[SlicePlacement] | None:
+        """Place one task on a Ready node with room; None if none has.
 
-        ``cursors`` is shared by the tasks of one placement attempt: usage only grows
-        within an attempt, so a node that refused a shape refuses it again and the next
-        task of the same shape can start where the last one landed. A 256-task gang is
-        then one pass over the nodes, not 256.
+        With a ``rank`` (a placement policy, and the job's data locality) and a scorer, the
+        policy chooses the node (scoring.py). Otherwise first fit: ``cursors`` is shared by the
+        tasks of one placement attempt: usage only grows within an attempt, so a node that
+        refused a shape refuses it again and the next task of the same shape can start where the
+        last one landed. A 256-task gang is then one pass over the nodes, not 256.
         """
         res = task.resources
+        if rank is not None and self.scorer is not None and res.kind is not GpuKind.MIG:
+            chosen = self.scorer.choose(res, rank.policy, rank.locality)
+            if chosen is None:
+                return None
+            return self._take(task, *chosen)
         key = shape_key(res)
         nodes = self.ready_nodes
         pos = cursors.get(key, 0) - 1
@@ -206,26 +259,36 @@ class Workspace:
             node = nodes[pos]
             if not node.holds_host(res):
                 continue
-            picks = pick_gpus(node, res)
-            if picks is None:
+            fit = pick_gpus(node, res)
+            if fit is None:
                 continue
             cursors[key] = pos
-            self._write(node, node.used_memory_mib + res.memory, node.used_cpu + res.cpu, pos)
-            if not picks:
-                return [SlicePlacement(task.task_id, node.name, None, None, 0, 0.0)]
-            out = []
-            for gpu, memory, compute in picks:
-                self._write(gpu, gpu.used_memory_mib + memory, gpu.used_compute_pct + compute, pos)
-                if gpu.parent is not None:  # a MIG instance: on its parent, with its compute share
-                    p = SlicePlacement(
-                        task.task_id, node.name, gpu.parent.uuid, gpu.index, memory, gpu.share, gpu.uuid
-                    )
-                else:
-                    p = SlicePlacement(task.task_id, node.name, gpu.uuid, gpu.index, memory, compute)
-                out.append(p)
-            return out
+            return self._take(task, pos, fit)
         cursors[key] = len(nodes)
         return None
+
+    def _take(
+        self, task: TaskRequest, pos: int, picks: list[tuple[WorkGpu, int, float]]
+    ) -> list[SlicePlacement]:
+        """Write one task's usage on the Ready node at ``pos`` and its GPUs (journaled)."""
+        res, node = task.resources, self.ready_nodes[pos]
+        self._write(node, node.used_memory_mib + res.memory, node.used_cpu + res.cpu, pos)
+        if self.scorer is not None:
+            tally = node.tally(request_class(res))
+            self._write(tally, tally.used_memory_mib + 1, 0.0, pos)
+        if not picks:
+            return [SlicePlacement(task.task_id, node.name, None, None, 0, 0.0)]
+        out = []
+        for gpu, memory, compute in picks:
+            self._write(gpu, gpu.used_memory_mib + memory, gpu.used_compute_pct + compute, pos)
+            if gpu.parent is not None:  # a MIG instance: on its parent, with its compute share
+                p = SlicePlacement(
+                    task.task_id, node.name, gpu.parent.uuid, gpu.index, memory, gpu.share, gpu.uuid
+                )
+            else:
+                p = SlicePlacement(task.task_id, node.name, gpu.uuid, gpu.index, memory, compute)
+            out.append(p)
+        return out
 
     def release(self, placements: Iterable[SlicePlacement], host: Iterable[tuple[str, float, int]]) -> None:
         """Free what a running job holds (journaled). Usage never drops below zero."""
@@ -278,12 +341,14 @@ class Workspace:
             self._write(item, max(memory, now[k][0]), max(other, now[k][1]), pos)
 
 
-def _other(item: WorkGpu | WorkNode) -> float:
+def _other(item: WorkGpu | WorkNode | Tally) -> float:
     return item.used_compute_pct if isinstance(item, WorkGpu) else item.used_cpu
 
 
 def _topology(node: WorkNode, state: NodeState) -> None:
     """Number the node's NVLink islands (connected components of its peer links) and NUMA nodes."""
+    if all(not g.nvlink_peers and g.numa_node is None for g in state.gpus):
+        return  # the inventory says nothing about topology
     by_uuid = {g.uuid: g for g in node.gpus}
     links = {g.uuid: [p for p in g.nvlink_peers if p in by_uuid] for g in state.gpus}
     island = 0
@@ -332,21 +397,20 @@ def _work_gpu(g: GpuState, empty: bool) -> WorkGpu:
         mig_mode=g.mig_mode,
     )
     if g.mig_mode:
-        for m in g.mig:
-            taken = m.used and not empty
-            gpu.instances.append(
-                WorkGpu(
-                    uuid=m.uuid,
-                    index=g.index,
-                    model=m.profile,
-                    memory_mib=m.memory_mib,
-                    used_memory_mib=m.memory_mib if taken else 0,
-                    used_compute_pct=100.0 if taken else 0.0,
-                    mig_mode=False,
-                    parent=gpu,
-                    share=mig_share(m.profile) * 100,
-                )
+        gpu.instances = tuple(
+            WorkGpu(
+                uuid=m.uuid,
+                index=g.index,
+                model=m.profile,
+                memory_mib=m.memory_mib,
+                used_memory_mib=m.memory_mib if m.used and not empty else 0,
+                used_compute_pct=100.0 if m.used and not empty else 0.0,
+                mig_mode=False,
+                parent=gpu,
+                share=mig_share(m.profile) * 100,
             )
+            for m in g.mig
+        )
     return gpu
 
 

@@ -34,7 +34,8 @@ def same_as_full_read(loop: SchedulingLoop) -> Snapshot:
 def test_incremental_view_matches_a_full_read_through_a_jobs_life(api: Api) -> None:
     token = node(api, gpus=2)
     loop = SchedulingLoop(api.db)
-    assert api.call("POST", "/api/v1/queues", json={"name": "research", "guaranteed": {"gpu": 1}}).status_code == 201
+    queue = {"name": "research", "guaranteed": {"gpu": 1}}
+    assert api.call("POST", "/api/v1/queues", json=queue).status_code == 201
     api.call("POST", "/api/v1/jobs", json={**job_body("low", gpus=1), "preemptible": True, "priority": "low"})
     api.call("POST", "/api/v1/jobs", json=job_body("half", gpus=0.5))
     assert len(same_as_full_read(loop).pending) == 2

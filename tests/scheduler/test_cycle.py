@@ -1,10 +1,10 @@
+import dataclasses
 import random
 from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
 
-from tessera.api.resources import GpuKind
 from tessera.scheduler.cycle import TesseraScheduler
 from tessera.scheduler.firstfit import FirstFit
 from tessera.scheduler.model import (
@@ -179,11 +179,16 @@ def test_gang_spans_nodes_and_is_all_or_nothing() -> None:
         make_job("g").gpus(1).cpu(1).workers(4).build(),
         make_job("small").gpus(1).cpu(2).priority(0).build(),
     ]
-    decisions = run(nodes, jobs)
-    # The gang placed three tasks tentatively, failed the fourth and let go of all of them.
-    assert decisions.pending[job_id("g")].code == UNSCHEDULABLE
-    assert bound_names(decisions, ["g", "small"]) == ["small"]
-    assert [(p.node, p.gpu_index) for p in decisions.binds[0].placements] == [("n1", 0)]
+    # The gang placed three tasks tentatively, failed the fourth and let go of all of them: small
+    # finds every GPU the gang had taken free again.
+    first = TesseraScheduler().cycle(dataclasses.replace(snapshot(nodes, jobs), placement="firstfit"))
+    assert first.pending[job_id("g")].code == UNSCHEDULABLE
+    assert bound_names(first, ["g", "small"]) == ["small"]
+    assert [(p.node, p.gpu_index) for p in first.binds[0].placements] == [("n1", 0)]
+    # The default policy packs it next to the used GPU instead, keeping n1's two GPUs whole.
+    packed = run(nodes, jobs)
+    assert bound_names(packed, ["g", "small"]) == ["small"]
+    assert [(p.node, p.gpu_index) for p in packed.binds[0].placements] == [("n2", 0)]
 
 
 @pytest.mark.parametrize(
@@ -448,12 +453,11 @@ def test_random_cases_keep_the_invariants() -> None:
 
 
 def test_places_exactly_like_firstfit_without_queues_or_running_jobs() -> None:
-    # One queue, nothing to preempt: the order is priority then submit time and placement is first
-    # fit, so the binds must match FirstFit's (the free-capacity index only skips what cannot fit).
+    # One queue, nothing to preempt: the order is priority then submit time, and with the firstfit
+    # placement the binds must match FirstFit's (the free-capacity index only skips what cannot fit).
     for seed in range(200):
         nodes, jobs = _mixed_case(seed)
-        jobs = [j for j in jobs if all(t.resources.kind is not GpuKind.MIG for t in j.tasks)]
-        ours = TesseraScheduler().cycle(snapshot(nodes, jobs))
+        ours = TesseraScheduler().cycle(dataclasses.replace(snapshot(nodes, jobs), placement="firstfit"))
         assert ours.binds == FirstFit().cycle(snapshot(nodes, jobs)).binds, seed
         assert {r.code for r in ours.pending.values()} <= {UNSCHEDULABLE, GANG_TOO_LARGE, NO_READY_NODES}
 

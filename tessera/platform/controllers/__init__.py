@@ -32,7 +32,7 @@ async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
 
 def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
     """Start every controller loop; the caller cancels the tasks at shutdown."""
-    scheduling = SchedulingLoop(db, make(settings.scheduler))
+    scheduling = SchedulingLoop(db, make(settings.scheduler), settings.placement)
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     started = utcnow()
     return [

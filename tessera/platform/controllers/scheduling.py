@@ -37,10 +37,13 @@ def _both_preempting(old: PendingReason | None, new: PendingReason) -> bool:
 class SchedulingLoop:
     """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically)."""
 
-    def __init__(self, db: Database, scheduler: model.Scheduler | None = None) -> None:
+    def __init__(
+        self, db: Database, scheduler: model.Scheduler | None = None, placement: str = "tessera"
+    ) -> None:
         self.db = db
         self.scheduler = scheduler or make("tessera")
-        self.view = ClusterView()
+        self.placement = placement  # the cluster's placement policy
+        self.view = ClusterView(placement=placement)
         self._dirty = True
         self._wake_at: datetime | None = None  # a time-driven decision is due then (a backfill's end)
 
@@ -64,7 +67,7 @@ class SchedulingLoop:
                 return
 
     def _relist(self) -> None:
-        self.view, self._dirty = load_view(self.db), True
+        self.view, self._dirty = load_view(self.db, self.placement), True
 
     def step(self, now: datetime | None = None) -> model.Decisions | None:
         """Sync, and run a cycle if anything changed since the last one."""

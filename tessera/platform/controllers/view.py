@@ -59,6 +59,7 @@ class ClusterView:
     """Live jobs, nodes and queues as of ``revision``, with their scheduler model cached."""
 
     revision: int = -1
+    placement: str = "tessera"  # the cluster's placement policy
     jobs: dict[uuid.UUID, Job] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     queues: dict[str, Queue] = field(default_factory=dict)
@@ -141,6 +142,7 @@ class ClusterView:
             now=now,
             running=tuple(running),
             queues=self._queue_states,
+            placement=self.placement,
         )
 
     def _node_state(self, node: Node) -> model.NodeState:
@@ -282,12 +284,13 @@ def _queue_state(queue: Queue) -> model.QueueState:
         guaranteed=_amounts(queue.spec.guaranteed) or model.Amounts(),
         borrowing_limit=_amounts(queue.spec.borrowing_limit),
         weight=queue.spec.weight,
+        placement=queue.spec.placement,
     )
 
 
-def load_view(db: Database) -> ClusterView:
+def load_view(db: Database, placement: str = "tessera") -> ClusterView:
     """A full read of live jobs, nodes and queues (the initial list; explain)."""
-    view = ClusterView()
+    view = ClusterView(placement=placement)
     with db.read() as session:
         view.revision = session.execute(select(RevisionRow.revision)).scalar_one()
         for node_row in session.execute(select(NodeRow)).scalars():
