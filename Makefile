@@ -34,6 +34,11 @@ lint: install
 bench: install test-deps
 	$(BIN)/python -m bench.api_submit
 	$(BIN)/python -m bench.execution
+	$(BIN)/python -m bench.scheduler
+	$(BIN)/python -m bench.view
+	$(BIN)/python -m bench.placement
+	mkdir -p bench/results
+	$(BIN)/python -m bench.openb_grid --jobs 2 | tee bench/results/openb.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
