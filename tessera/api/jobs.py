@@ -10,10 +10,13 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 
 from tessera.api.common import Duration, Labels, Meta, Model, Name
+from tessera.api.queues import SlicePolicy
 from tessera.api.resources import Resources
 
 PRIORITY_CLASSES: dict[str, int] = {"low": 0, "normal": 100, "high": 1000}
 PRIORITY_FORM = "low, normal, high, or an integer in -1000000..1000000"
+SERVICE_LABEL = "tessera.io/service"
+"""Set on the jobs that run a service's replicas: node agents never duty-cycle those."""
 ENV_NAME_FORM = "an environment variable name like MY_VAR (letters, digits, '_')"
 
 
@@ -178,9 +181,16 @@ class Task(Model):
     node: str | None = None
     attempt: int = 0
     exit_code: int | None = None
+    reason: TerminalReason | None = Field(
+        default=None, description="Why its node ended it (SliceOOM), when the node ended it."
+    )
     message: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+NODE_REASONS = frozenset({TerminalReason.SLICE_OOM, TerminalReason.HOST_OOM})
+"""Reasons a node agent may give for ending a task."""
 
 
 class TaskReport(Model):
@@ -191,8 +201,19 @@ class TaskReport(Model):
     state: TaskState
     exit_code: int | None = None
     start_error: str | None = Field(default=None, max_length=1000)
+    reason: TerminalReason | None = Field(
+        default=None, description="Set when the node ended the task itself: SliceOOM or HostOOM."
+    )
+    message: str | None = Field(default=None, max_length=1000, description="The node's explanation.")
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _node_reason(self) -> TaskReport:
+        if self.reason is not None and self.reason not in NODE_REASONS:
+            accepted = ", ".join(sorted(NODE_REASONS))
+            raise ValueError(f"reason {self.reason} cannot come from a node; accepted: {accepted}")
+        return self
 
 
 class TaskReports(Model):
@@ -210,7 +231,12 @@ class Allocation(Model):
     mig_instance: str | None = None
     memory_mib: int = 0
     compute_pct: float = 0
-    tier: str | None = None
+    tier: str | None = Field(
+        default=None, description="The strongest enforcement its node applies (mig, mps, hami, watchdog)."
+    )
+    enforcement: SlicePolicy | None = Field(
+        default=None, description="Its queue's memory and compute policy when it was bound."
+    )
     attempt: int = 0
 
 

@@ -26,14 +26,24 @@ def node(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Log server port (0: any free).")] = 0,
     grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL.")] = 10,
     heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats.")] = 5,
+    enforce_poll: Annotated[
+        float, typer.Option(min=0.01, max=10, help="Seconds between reads of the GPUs (slice enforcement).")
+    ] = 0.1,
+    memory_grace: Annotated[
+        float, typer.Option(min=0, help="Seconds from SIGTERM to SIGKILL for a slice over its memory.")
+    ] = 5,
+    unattributed: Annotated[
+        str, typer.Option(help="GPU processes that belong to no slice: report or kill.")
+    ] = "report",
 ) -> None:
-    """Run a node agent in the foreground: register, heartbeat, run and report tasks."""
+    """Run a node agent in the foreground: register, heartbeat, run, enforce and report tasks."""
     import logging
 
     from tessera.api.common import NAME_FORM, is_name
     from tessera.client.config import resolve
+    from tessera.gpushare.enforce import EnforcerConfig
     from tessera.node.agent import Agent, AgentConfig, AgentLocked
-    from tessera.node.inventory import detect
+    from tessera.node.inventory import detect, open_device
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
@@ -47,10 +57,13 @@ def node(
             fail(f"--token-file: cannot read {token_file}: {exc}", code=2)
     if not token:
         fail("a node-scope token is needed: --token-file or TESSERA_TOKEN", code=2)
+    if unattributed not in ("report", "kill"):
+        fail(f"--unattributed {unattributed!r}: valid: report, kill", code=2)
     try:
-        inventory = detect(name, simulate_gpus)
+        device = open_device(name, state_dir, simulate_gpus)
     except ValueError as exc:
         fail(f"--simulate-gpus: {exc}", code=2)
+    inventory = detect(device)
     config = AgentConfig(
         name=name,
         state_dir=state_dir,
@@ -61,6 +74,10 @@ def node(
         listen_port=port,
         grace_seconds=grace,
         heartbeat_seconds=heartbeat,
+        device=device,
+        enforcement=EnforcerConfig(
+            poll_seconds=enforce_poll, memory_grace_seconds=memory_grace, unattributed=unattributed
+        ),
     )
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,6 +86,9 @@ def node(
         agent.run()
     except AgentLocked as exc:
         fail(str(exc))
+    finally:
+        if device is not None:
+            device.close()
 
 
 def down(

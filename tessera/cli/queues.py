@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from tessera.api.quantities import format_mib
-from tessera.api.queues import PLACEMENT_FORM, Queue
+from tessera.api.queues import COMPUTE_POLICIES, MEMORY_POLICIES, PLACEMENT_FORM, Queue
 from tessera.cli.output import Format, dump, out, server_errors, table
 from tessera.client import Client
 
@@ -44,14 +44,18 @@ def _changes(
     weight: float | None,
     description: str | None,
     placement: str | None = None,
+    memory_policy: str | None = None,
+    compute_policy: str | None = None,
 ) -> dict[str, Any]:
-    """The fields given on the command line, in the API's spelling."""
+    """The fields given on the command line, in the API's spelling (the server checks the values)."""
+    policies = {"memory": memory_policy, "compute": compute_policy}
     fields = {
         "parent": parent,
         "guaranteed": _amounts(guaranteed, "--guaranteed"),
         "borrowing_limit": _amounts(borrowing_limit, "--borrowing-limit"),
         "weight": weight,
         "placement": placement,
+        "enforcement": {k: v for k, v in policies.items() if v is not None} or None,
         "description": description,
     }
     return {key: value for key, value in fields.items() if value is not None}
@@ -75,16 +79,29 @@ def _show(queues: list[Queue], output: Format) -> None:
             _fmt(q.spec.borrowing_limit),
             f"{q.spec.weight:g}",
             q.spec.placement or "-",
+            f"{q.spec.enforcement.memory or '-'}/{q.spec.enforcement.compute or '-'}",
         ]
         for q in queues
     ]
-    table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT", "PLACEMENT"], rows)
+    table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT", "PLACEMENT", "MEMORY/COMPUTE"], rows)
 
 
 GuaranteedOpt = Annotated[str | None, typer.Option(help=f"Guaranteed quota: {AMOUNTS_FORM}.")]
 BorrowOpt = Annotated[str | None, typer.Option(help=f"Borrowing limit beyond guaranteed: {AMOUNTS_FORM}.")]
 PlacementOpt = Annotated[
     str | None, typer.Option(help=f"Placement policy of its jobs: {PLACEMENT_FORM} (default: the cluster's).")
+]
+MemoryPolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=f"A slice over its GPU memory: {' or '.join(MEMORY_POLICIES)} (unset: the parent's, else kill)."
+    ),
+]
+ComputePolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=f"A slice over its compute share: {', '.join(COMPUTE_POLICIES)} (unset: parent's, else measure)."
+    ),
 ]
 
 
@@ -96,11 +113,16 @@ def create(
     borrowing_limit: BorrowOpt = None,
     weight: Annotated[float | None, typer.Option(help="Fair-share weight (default 1).")] = None,
     placement: PlacementOpt = None,
+    memory_policy: MemoryPolicyOpt = None,
+    compute_policy: ComputePolicyOpt = None,
     description: Annotated[str | None, typer.Option()] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a queue (admin)."""
-    body = {"name": name, **_changes(parent, guaranteed, borrowing_limit, weight, description, placement)}
+    changes = _changes(
+        parent, guaranteed, borrowing_limit, weight, description, placement, memory_policy, compute_policy
+    )
+    body = {"name": name, **changes}
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("POST", "/api/v1/queues", json=body).json())
     _show([queue], output)
@@ -130,11 +152,15 @@ def update(
     borrowing_limit: BorrowOpt = None,
     weight: Annotated[float | None, typer.Option()] = None,
     placement: PlacementOpt = None,
+    memory_policy: MemoryPolicyOpt = None,
+    compute_policy: ComputePolicyOpt = None,
     description: Annotated[str | None, typer.Option()] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Change a queue (admin); only the given fields change."""
-    body = _changes(parent, guaranteed, borrowing_limit, weight, description, placement)
+    body = _changes(
+        parent, guaranteed, borrowing_limit, weight, description, placement, memory_policy, compute_policy
+    )
     with server_errors(), Client() as client:
         queue = Queue.model_validate(client.request("PATCH", f"/api/v1/queues/{name}", json=body).json())
     _show([queue], output)

@@ -17,6 +17,7 @@ from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, User
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
 from tessera.api.problems import Problem
 from tessera.api.queues import CreateQueueRequest, Queue
+from tessera.api.usage import JobUsage, NodeUsage
 from tessera.client.config import ClientConfig, resolve
 
 M = TypeVar("M", bound=BaseModel)
@@ -187,6 +188,13 @@ class Client:
 
     def list_nodes(self) -> list[Node]:
         return self._list(Node, f"{API}/nodes")
+
+    def node_usage(self, name: str) -> NodeUsage:
+        """What the node last measured: allocation beside real use per GPU and slice."""
+        return self._get(NodeUsage, f"{API}/nodes/{name}/usage")
+
+    def job_usage(self, ref: str, project: str = "default") -> JobUsage:
+        return self._get(JobUsage, f"{API}/jobs/{ref}/usage", params={"project": project})
 
     def whoami(self) -> User:
         return self._get(User, f"{API}/users/me")

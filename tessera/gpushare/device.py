@@ -142,6 +142,8 @@ class DeviceBackend(Protocol):
 
     kind: str
     simulated: bool
+    supports_driver_memory_limits: bool
+    """The driver can report per-cgroup memory limits (read only: Tessera never sets them)."""
 
     def inventory(self) -> DeviceInventory: ...
 
@@ -151,6 +153,10 @@ class DeviceBackend(Protocol):
 
     def device_utilization(self, gpu_uuid: str) -> float | None:
         """Percent of recent time any kernel ran; None when the device does not report it (MIG mode)."""
+        ...
+
+    def workload_env(self) -> dict[str, str]:
+        """What a workload's environment needs (besides CUDA_VISIBLE_DEVICES) to use this device."""
         ...
 
     def close(self) -> None: ...

@@ -35,6 +35,7 @@ _PROFILE = re.compile(r"(?:\d+c\.)?\d+g\.\d+gb(?:\+\w+)?", re.IGNORECASE)
 # Error codes by name, looked up on the module at use: an old binding may lack the newer ones.
 _LOST = ("GPU_IS_LOST", "UNKNOWN", "GPU_NOT_FOUND", "RESET_REQUIRED", "IRQ_ISSUE")
 _ABSENT = ("NOT_SUPPORTED", "FUNCTION_NOT_FOUND", "INVALID_ARGUMENT", "NO_PERMISSION")
+_MEMORY_LIMIT_READERS = ("nvmlDeviceGetMemoryLimits", "nvmlDeviceGetMemoryLimits_v1")
 _UNAVAILABLE = ("DRIVER_NOT_LOADED", "LIBRARY_NOT_FOUND", "LIB_RM_VERSION_MISMATCH", "UNINITIALIZED")
 
 
@@ -107,6 +108,10 @@ class NvmlBackend:
             raise DeviceUnavailable(f"NVML did not start ({exc}); is the NVIDIA driver loaded?") from exc
         self._open = True
         self._handles: dict[str, Any] = {}
+        # probed, never called here: the tier probe only reports that the driver has them
+        self.supports_driver_memory_limits = any(
+            getattr(nvml, fn, None) is not None for fn in _MEMORY_LIMIT_READERS
+        )
 
     # --- error mapping -------------------------------------------------------------------------
 
@@ -316,6 +321,10 @@ class NvmlBackend:
     def device_utilization(self, gpu_uuid: str) -> float | None:
         rates = self._optional(gpu_uuid, "nvmlDeviceGetUtilizationRates", self._handle(gpu_uuid))
         return None if rates is None else float(rates.gpu)
+
+    def workload_env(self) -> dict[str, str]:
+        """Nothing: CUDA finds a real GPU by itself."""
+        return {}
 
     def close(self) -> None:
         if self._open:

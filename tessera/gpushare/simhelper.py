@@ -4,17 +4,23 @@ A simulated GPU is a directory; its state is files that the workloads write and 
 backend (`tessera.gpushare.simulated`) reads, as a driver keeps state that NVML reads::
 
     <state_dir>/devices.json                 the inventory: uuid, index, model, memory_mib per GPU
-    <state_dir>/gpus/<uuid>/token            the GPU's single execution token (exclusive flock)
+    <state_dir>/gpus/<uuid>/token            the GPU's single execution token, a lease (holder, until,
+                                             waiters) read and written under an flock held briefly
     <state_dir>/gpus/<uuid>/alloc.lock       held while a process checks capacity and allocates
     <state_dir>/gpus/<uuid>/lost             marker: the GPU "fell off the bus"
     <state_dir>/gpus/<uuid>/procs/<pid>-<start>.json   one record per process, replaced atomically
 
 A kernel holds the token for its whole duration, so processes on one GPU take turns as they do on a
-real one. Each record carries the process's memory, its cumulative busy time (ns) and its recent
-kernel intervals (wall-clock ns), from which the backend computes per-process and device utilisation
-over any recent window. Records of dead processes are ignored and removed, as the driver frees a
-process's memory when it exits. Nothing here enforces slice limits: the device only measures. The
-only limit is the physical one -- allocating past the GPU's memory fails, as on a real GPU.
+real one. The token is a lease that ends when the kernel's time is up, whether or not its process
+still runs: a process stopped (SIGSTOP) in the middle of a kernel does not keep the GPU, as on a real
+GPU the work already queued finishes and the next context runs. Waiters are served first come, first
+served, skipping stopped ones.
+
+Each record carries the process's memory, its cumulative busy time (ns) and its recent kernel
+intervals (wall-clock ns), from which the backend computes per-process and device utilisation over
+any recent window. Records of dead processes are ignored and removed, as the driver frees a process's
+memory when it exits. Nothing here enforces slice limits: the device only measures. The only limit is
+the physical one -- allocating past the GPU's memory fails, as on a real GPU.
 
 The workload picks its GPU like CUDA does, from ``CUDA_VISIBLE_DEVICES`` (uuids or indices; the
 first visible one), and finds the state directory in ``$TESSERA_SIM_DEVICE_DIR``.
@@ -32,10 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tessera.gpushare.attribution import is_alive, proc_start_time
+from tessera.gpushare.attribution import is_alive, proc_start_time, read_proc
 
 STATE_DIR_ENV = "TESSERA_SIM_DEVICE_DIR"
 RETAIN_NS = 5_000_000_000  # kernel intervals kept per process: utilisation windows up to 5 s are exact
+_HANDOFF_NS = 500_000  # a waiter that is not first looks again this soon once the GPU is free
+_MAX_WAIT_NS = 50_000_000  # and at least this often while it is held (a holder may die)
+
+
+def _stopped(pid: int) -> bool:
+    info = read_proc(pid)
+    return info is not None and info.state in ("T", "t")
 
 
 class SimGpuError(RuntimeError):
@@ -87,6 +100,7 @@ class ProcRecord:
     busy_ns: int = 0
     intervals: list[tuple[int, int]] = field(default_factory=list)
     running_since: int | None = None
+    running_until: int | None = None
     updated_ns: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +112,7 @@ class ProcRecord:
             "busy_ns": self.busy_ns,
             "intervals": [list(i) for i in self.intervals],
             "running_since": self.running_since,
+            "running_until": self.running_until,
             "updated_ns": self.updated_ns,
         }
 
@@ -111,14 +126,16 @@ class ProcRecord:
             busy_ns=int(doc["busy_ns"]),
             intervals=[(int(a), int(b)) for a, b in doc["intervals"]],
             running_since=None if doc["running_since"] is None else int(doc["running_since"]),
+            running_until=None if doc.get("running_until") is None else int(doc["running_until"]),
             updated_ns=int(doc["updated_ns"]),
         )
 
     def busy_intervals(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Kernel time inside [start, end], a kernel still running counted up to `end`."""
+        """Kernel time inside [start, end], a kernel still running counted up to `end` (or its own end)."""
         spans = list(self.intervals)
         if self.running_since is not None:
-            spans.append((self.running_since, end))
+            until = end if self.running_until is None else min(end, self.running_until)
+            spans.append((self.running_since, until))
         out = []
         for a, b in spans:
             a, b = max(a, start), min(b, end)
@@ -237,27 +254,107 @@ class SimGpu:
         self._save()
 
     def kernel(self, seconds: float) -> float:
-        """Run a kernel: wait for the execution token, hold it `seconds`. Returns the busy time."""
+        """Run a kernel: wait for the execution token, hold it `seconds`. Returns the busy time.
+
+        The kernel takes exactly `seconds` of GPU time: if this process is late to notice that its
+        time is up (stopped, or descheduled), the GPU has been free for others meanwhile.
+        """
         self._check()
-        start = None
-        fcntl.flock(self._token, fcntl.LOCK_EX)
+        length = max(round(seconds * 1e9), 0)
+        start = self._acquire(length)
+        until = start + length
+        end = start
         try:
-            self._check_lost()
-            start = time.time_ns()
-            self.record.running_since = start
+            self.record.running_since, self.record.running_until = start, until
             self._save(now=start)
-            time.sleep(max(seconds, 0.0))
+            time.sleep(max(until - time.time_ns(), 0) / 1e9)
         finally:
-            end = time.time_ns()
-            fcntl.flock(self._token, fcntl.LOCK_UN)
+            end = min(time.time_ns(), until)
+            self._release(until)
             # The record is written after the token is released, which gives a waiting process the
             # token first: like a GPU's time-slicing, contending processes alternate.
-            if start is not None:
-                self._account(start, end)
+            self._account(start, end)
         return (end - start) / 1e9
 
+    def _acquire(self, length: int) -> int:
+        """Wait for the token (first come, first served among running waiters); returns the start.
+
+        Decisions are made outside the lock, which is held only to read the lease and to write it if
+        nobody changed it meanwhile: a process stopped inside the lock would block every other one on
+        the GPU, so the lock is held for as short a time as possible.
+        """
+        me = [self.pid, self.record.start_time]
+        while True:
+            self._check_lost()
+            with self._mutex():
+                lease = self._read_lease()
+            now = time.time_ns()
+            queue = [w for w in lease["queue"] if w == me or is_alive(w[0], w[1])]
+            if me not in queue:
+                queue.append(me)
+            holder, until = lease["holder"], int(lease["until"])
+            free = holder is None or until <= now or not is_alive(holder[0], holder[1])
+            # a stopped waiter cannot use the GPU: the next running one goes first
+            first = next(w for w in queue if w == me or not _stopped(w[0]))
+            if free and first == me:
+                queue.remove(me)
+                if self._swap(lease, {"holder": me, "until": now + length, "queue": queue}):
+                    return now
+                continue  # someone else moved first: look again
+            if queue != lease["queue"]:
+                self._swap(lease, {"holder": holder, "until": until, "queue": queue})
+            wait = _HANDOFF_NS if free else until - now
+            time.sleep(min(max(wait, _HANDOFF_NS), _MAX_WAIT_NS) / 1e9)
+
+    def _release(self, until: int) -> None:
+        """End our lease now if it is still ours (an early end: the kernel was interrupted)."""
+        if time.time_ns() >= until:
+            return  # it ended by itself
+        me = [self.pid, self.record.start_time]
+        with self._mutex():
+            lease = self._read_lease()
+            now = time.time_ns()
+            if lease["holder"] == me and int(lease["until"]) > now:
+                self._write_lease({**lease, "until": now, "version": lease["version"] + 1})
+
+    def _swap(self, seen: Mapping[str, Any], lease: dict[str, Any]) -> bool:
+        """Write `lease` if the lease is still the one `seen` (compare and swap on its version)."""
+        with self._mutex():
+            if self._read_lease()["version"] != seen["version"]:
+                return False
+            self._write_lease({**lease, "version": seen["version"] + 1})
+            return True
+
+    @contextmanager
+    def _mutex(self) -> Iterator[None]:
+        fcntl.flock(self._token, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._token, fcntl.LOCK_UN)
+
+    # The lease lives in the token file itself, read and written only under its lock: no rename per
+    # kernel. A process killed in the middle of a write leaves a torn lease, read as "free".
+
+    def _read_lease(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(os.pread(self._token, 65536, 0) or b"{}")
+            return {
+                "holder": doc["holder"],
+                "until": int(doc["until"]),
+                "queue": list(doc["queue"]),
+                "version": int(doc["version"]),
+            }
+        except (ValueError, KeyError, TypeError):
+            return {"holder": None, "until": 0, "queue": [], "version": 0}
+
+    def _write_lease(self, lease: Mapping[str, Any]) -> None:
+        data = json.dumps(lease, separators=(",", ":")).encode()
+        os.pwrite(self._token, data, 0)
+        os.ftruncate(self._token, len(data))
+
     def _account(self, start: int, end: int) -> None:
-        self.record.running_since = None
+        self.record.running_since = self.record.running_until = None
         self.record.busy_ns += end - start
         self.record.intervals = [i for i in self.record.intervals if i[1] >= end - RETAIN_NS]
         self.record.intervals.append((start, end))

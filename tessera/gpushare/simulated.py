@@ -54,6 +54,7 @@ class SimulatedBackend:
 
     kind = "simulated"
     simulated = True
+    supports_driver_memory_limits = False
 
     def __init__(self, spec: str, *, state_dir: Path, node: str | None = None) -> None:
         self.state_dir = Path(state_dir)

@@ -2,9 +2,14 @@
 
 Both the node agent (to start tasks) and tests use this, so the contract is one
 function. A task gets ``CUDA_VISIBLE_DEVICES`` for its GPUs, ``TESSERA_*``
-facts about its job and slice (ids and limits), and torch's distributed
+facts about its job and slice (ids, never limits), and torch's distributed
 variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``; rank 0 is the master).
+
+A slice's limits are the node's to enforce, not the task's to honour: they are
+not in its environment, so no workload can pass a test by limiting itself. The
+node adds what an enforcement tier needs (MPS or HAMi-core settings, the
+cooperative torch hook) when it starts the task (`tessera.gpushare.tiers`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class TaskLaunch:
     env: dict[str, str]
     cwd: str | None
     image: str | None
+    slices: tuple[Allocation, ...] = ()
 
     @property
     def key(self) -> str:
@@ -79,15 +85,21 @@ def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[Ta
                 env=env,
                 cwd=group.working_dir,
                 image=group.image,
+                slices=tuple(_gpu_slices(slices.get(task.id, []))),
             )
         )
     return out
 
 
+def _gpu_slices(allocs: list[Allocation]) -> list[Allocation]:
+    """A task's GPU slices in CUDA_VISIBLE_DEVICES order (device ordinal i is the i-th of these)."""
+    return sorted((a for a in allocs if a.gpu_uuid), key=lambda a: a.gpu_uuid or "")
+
+
 def _contract(
     job: Job, task: Task, allocs: list[Allocation], node: str, rank: int, world: int, master_addr: str
 ) -> dict[str, str]:
-    gpu_allocs = sorted((a for a in allocs if a.gpu_uuid), key=lambda a: a.gpu_uuid or "")
+    gpu_allocs = _gpu_slices(allocs)
     env = {
         "TESSERA_JOB_ID": str(job.id),
         "TESSERA_JOB_NAME": job.name,
@@ -111,6 +123,4 @@ def _contract(
     env["CUDA_VISIBLE_DEVICES"] = ",".join(a.mig_instance or a.gpu_uuid or "" for a in gpu_allocs)
     if gpu_allocs:
         env["TESSERA_GPU_UUIDS"] = env["CUDA_VISIBLE_DEVICES"]
-        env["TESSERA_GPU_MEMORY_MIB"] = ",".join(str(a.memory_mib) for a in gpu_allocs)
-        env["TESSERA_GPU_COMPUTE_PCT"] = ",".join(f"{a.compute_pct:g}" for a in gpu_allocs)
     return env

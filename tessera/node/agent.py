@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,15 +31,21 @@ import httpx
 
 from tessera.api.cluster import NodeInventory
 from tessera.api.jobs import TaskState
+from tessera.api.usage import NodeEvent
+from tessera.gpushare.device import DeviceBackend
+from tessera.gpushare.enforce import EnforcerConfig
 from tessera.jobs.launch import TaskLaunch, launches_for
 from tessera.node import logs, shim
+from tessera.node.enforcement import NodeEnforcement, node_ended
 from tessera.node.feed import AssignmentFeed
+from tessera.node.launchenv import task_env
 from tessera.node.procs import is_alive
 
 log = logging.getLogger(__name__)
 LAUNCH_TIMEOUT = 60.0  # seconds a task dir may lack a state file before it counts as a failed start
 REPORT_BATCH = 500
 MAX_MESSAGE = 1000
+OUTBOX = 1000  # events kept while the control plane cannot be reached (oldest dropped first)
 
 
 class AgentLocked(RuntimeError):
@@ -58,6 +65,8 @@ class AgentConfig:
     heartbeat_seconds: float = 5
     poll_seconds: float = 0.5
     labels: dict[str, str] = field(default_factory=dict)
+    device: DeviceBackend | None = None
+    enforcement: EnforcerConfig = field(default_factory=EnforcerConfig)
 
 
 @dataclass
@@ -93,6 +102,11 @@ class Agent:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="launch")
         self._lock_file: IO[str] | None = None
         self.url = ""
+        self.outbox: deque[NodeEvent] = deque(maxlen=OUTBOX)
+        self._outbox_lock = threading.Lock()
+        self.enforcement = NodeEnforcement(
+            config.name, config.device, self.state_dir, config.enforcement, self._event
+        )
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -127,9 +141,13 @@ class Agent:
         self.feed = AssignmentFeed(
             self.http, self.config.name, self.state_dir / "assignments.json", self.changed
         )
+        self.enforcement.start()
         threads = [
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
             threading.Thread(target=self.feed.run, args=(self.stop_event,), name="watch", daemon=True),
+            threading.Thread(
+                target=self.enforcement.run, args=(self.stop_event,), name="enforce", daemon=True
+            ),
         ]
         for thread in threads:
             thread.start()
@@ -143,8 +161,10 @@ class Agent:
                 self.changed.wait(self.config.poll_seconds)
                 self.changed.clear()
         finally:
+            self.enforcement.close()  # nothing this agent stopped stays stopped
             server.should_exit = True
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._flush_events()
             self.http.close()
 
     def _heartbeats(self) -> None:
@@ -154,7 +174,7 @@ class Agent:
                 if not registered:
                     self._register()
                     registered = True
-                r = self.http.post(f"/api/v1/nodes/{self.config.name}/heartbeat")
+                r = self.http.post(f"/api/v1/nodes/{self.config.name}/heartbeat", json=self._usage())
                 if r.status_code == 404:
                     registered = False
                     continue
@@ -163,6 +183,14 @@ class Agent:
                 log.info("heartbeat failed: %s", exc)
                 registered = registered and not isinstance(exc, httpx.HTTPStatusError)
             self.stop_event.wait(self.config.heartbeat_seconds if registered else 1)
+
+    def _usage(self) -> dict[str, Any]:
+        """The heartbeat's body: the latest measurement, or none if it cannot be had (never fatal)."""
+        try:
+            return {"usage": self.enforcement.usage().model_dump(mode="json")}
+        except Exception:
+            log.exception("cannot report GPU usage with this heartbeat")
+            return {}
 
     def _register(self) -> None:
         body = {
@@ -204,6 +232,7 @@ class Agent:
         """Start what should run, stop what should not, report what changed, clean up."""
         assert self.feed is not None
         desired = self.desired()
+        self.enforcement.set_slices(desired.values(), self.feed.snapshot(), self.jobs_dir)
         on_disk = {d.key: d for d in self.task_dirs()}
         for key, launch in desired.items():
             if key not in on_disk and key not in self.launching:
@@ -255,6 +284,7 @@ class Agent:
             and key not in self.launching
         ):
             log.info("stopping task %s (no longer assigned here)", key)
+            self.enforcement.release_task(key)
             shim.stop(task_dir.path)
             self.stopping.add(key)
         if running:
@@ -271,6 +301,8 @@ class Agent:
             # the agent's own settings (database URL, tokens) are never a task's business
             env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
             env.update(launch.env)
+            task_dir.mkdir(parents=True, exist_ok=True)
+            env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
             shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
         except Exception as exc:
             log.exception("could not launch %s", launch.key)
@@ -290,7 +322,35 @@ class Agent:
             self.launching.discard(launch.key)
             self.changed.set()
 
+    def _event(self, event: NodeEvent) -> None:
+        with self._outbox_lock:
+            self.outbox.append(event)
+        self.changed.set()
+
+    def _flush_events(self) -> None:
+        """Send what the enforcement saw; kept for the next try if the control plane is away."""
+        with self._outbox_lock:
+            events = list(self.outbox)
+        if not events:
+            return
+        body = {"events": [e.model_dump(mode="json") for e in events]}
+        try:
+            r = self.http.post(f"/api/v1/nodes/{self.config.name}/events", json=body)
+        except httpx.HTTPError as exc:
+            log.info("could not send %d event(s) yet: %s", len(events), exc)
+            return
+        if r.status_code not in (200, 422):
+            log.info("events answered %s: %s", r.status_code, r.text[:300])
+            return
+        if r.status_code == 422:
+            log.error("control plane refused events %s; dropping them", r.text[:300])
+        with self._outbox_lock:
+            for _ in events:
+                if self.outbox:
+                    self.outbox.popleft()
+
     def _send(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        self._flush_events()  # first: a job's SliceMemoryExceeded comes before its end
         for i in range(0, len(reports), REPORT_BATCH):
             batch = reports[i : i + REPORT_BATCH]
             status = self._post_reports(batch)
@@ -357,6 +417,18 @@ def _kill_orphan(state: shim.ShimState) -> None:
 def _report(task_dir: TaskDir, state: shim.ShimState | None, alive: bool) -> dict[str, Any] | None:
     if state is None:
         return None
+    body = _shim_report(task_dir, state, alive)
+    if body is None or (body["state"] != TaskState.FAILED.value and body["exit_code"] is None):
+        return body  # still running (or starting): nothing to say about how it ended
+    ended = node_ended(task_dir.path)
+    if ended is not None:  # the node stopped it: that is the reason, whatever status it exited with
+        body.update(
+            state=TaskState.FAILED.value, reason=ended["reason"], message=str(ended["message"])[:1000]
+        )
+    return body
+
+
+def _shim_report(task_dir: TaskDir, state: shim.ShimState, alive: bool) -> dict[str, Any] | None:
     started = _iso(state.started_at)
     finished = _iso(state.finished_at)
     body: dict[str, Any] = {

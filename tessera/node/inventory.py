@@ -1,4 +1,4 @@
-"""What this machine offers: GPUs through NVML when present, else simulated ones or none."""
+"""What this machine offers, read from its GPU device: NVML, the simulated device, or none."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 from tessera import __version__
-from tessera.api.cluster import Gpu, NodeInventory
+from tessera.api.cluster import NodeInventory
+from tessera.gpushare.device import DeviceBackend, DeviceError, DeviceUnavailable, open_backend
 
 log = logging.getLogger(__name__)
+SIM_DEVICE_DIR = "simdevice"
+"""The simulated device's state, under the agent's state directory (tasks find it through the env)."""
 
 
 def _host_memory_mib() -> int:
@@ -22,68 +25,40 @@ def _host_memory_mib() -> int:
     return 1024
 
 
-def simulated_gpus(node: str, spec: str) -> list[Gpu]:
-    """GPUs from ``2xA100-80GB,1xT4-16GB``; every one is labelled simulated."""
-    from tessera.api.simulate import parse_simulated_gpus
+def open_device(node: str, state_dir: Path, simulate: str | None = None) -> DeviceBackend | None:
+    """The simulated device when `simulate` names GPUs (``2xA100-80GB``), else NVML, else none.
 
-    gpus: list[Gpu] = []
-    for count, model, memory in parse_simulated_gpus(spec):
-        for _ in range(count):
-            index = len(gpus)
-            gpus.append(
-                Gpu(uuid=f"SIM-{node}-{index}", index=index, model=model, memory_mib=memory, simulated=True)
-            )
-    return gpus
-
-
-def nvml_gpus() -> tuple[list[Gpu], str | None, str | None]:
-    """Real GPUs through NVML; ([], None, None) when NVML or a GPU is absent."""
+    Simulated GPUs replace real ones, never mix with them. A machine without NVML (no library, no
+    driver) is a node without GPUs: that is logged, not fatal. A bad `simulate` raises ValueError.
+    """
+    if simulate:
+        return open_backend("simulated", simulate=simulate, node=node, state_dir=state_dir / SIM_DEVICE_DIR)
     try:
-        import pynvml
-    except ImportError:
-        return [], None, None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        log.info("NVML unavailable (%s); no real GPUs", exc)
-        return [], None, None
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)
-            gpus.append(
-                Gpu(
-                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-                    index=index,
-                    model=_text(pynvml.nvmlDeviceGetName(handle)),
-                    memory_mib=int(memory),
-                )
-            )
-        return gpus, _text(driver), f"{cuda // 1000}.{cuda % 1000 // 10}"
-    finally:
-        pynvml.nvmlShutdown()
+        return open_backend("nvml")
+    except DeviceUnavailable as exc:
+        log.info("no GPUs: %s", exc)
+        return None
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def detect(node: str, simulate: str | None = None) -> NodeInventory:
-    """This machine's inventory; simulated GPUs replace (never mix with) real ones."""
+def detect(device: DeviceBackend | None) -> NodeInventory:
+    """This machine's inventory: CPU and memory from the OS, GPUs (and MIG instances) from `device`."""
     cpu = float(len(os.sched_getaffinity(0)))
     memory = _host_memory_mib()
-    if simulate:
-        return NodeInventory(
-            gpus=simulated_gpus(node, simulate),
-            cpu=cpu,
-            memory=memory,
-            agent_version=__version__,
-            simulated=True,
-        )
-    gpus, driver, cuda = nvml_gpus()
+    if device is None:
+        return NodeInventory(cpu=cpu, memory=memory, agent_version=__version__)
+    try:
+        found = device.inventory()
+    except DeviceError as exc:
+        log.warning("cannot read the GPUs (%s); registering none for now", exc)
+        return NodeInventory(cpu=cpu, memory=memory, agent_version=__version__, simulated=device.simulated)
+    if found.lost:
+        log.warning("GPU(s) at index %s cannot be read and are left out", list(found.lost))
     return NodeInventory(
-        gpus=gpus, cpu=cpu, memory=memory, driver_version=driver, cuda_version=cuda, agent_version=__version__
+        gpus=[g.to_api(simulated=found.simulated) for g in found.gpus],
+        cpu=cpu,
+        memory=memory,
+        driver_version=found.driver_version,
+        cuda_version=found.cuda_version,
+        agent_version=__version__,
+        simulated=found.simulated,
     )

@@ -11,8 +11,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from tessera.api.cluster import NodeState
+from tessera.api.usage import NodeUsage
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow
+
+_GPU = ["node", "gpu", "model"]
+_SLICE = ["node", "gpu", "slice", "job", "project", "task", "tier"]
 
 
 class StoreCollector(Collector):
@@ -36,6 +41,71 @@ class StoreCollector(Collector):
         yield revision
 
 
+class UsageCollector(Collector):
+    """Per GPU and per slice gauges from what Ready nodes last measured (allocation beside use)."""
+
+    def __init__(self, db: Callable[[], Database]) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        g = {
+            "memory": gauge("tessera_gpu_memory_mib", "GPU memory.", _GPU),
+            "allocated": gauge("tessera_gpu_memory_allocated_mib", "GPU memory given to slices.", _GPU),
+            "used": gauge("tessera_gpu_memory_used_mib", "GPU memory in use (all processes).", _GPU),
+            "compute": gauge("tessera_gpu_compute_allocated_pct", "Compute share given to slices.", _GPU),
+            "util": gauge("tessera_gpu_utilization_pct", "Percent of time a kernel ran.", _GPU),
+            "stray": gauge(
+                "tessera_gpu_unattributed_processes", "Processes on the GPU that no slice accounts for.", _GPU
+            ),
+            "lost": gauge("tessera_gpu_lost", "1 when the GPU cannot be read (fell off the bus).", _GPU),
+            "tier": gauge("tessera_gpu_tier", "Enforcement tiers this GPU offers (1 each).", [*_GPU, "tier"]),
+        }
+        s = {
+            "memory": gauge("tessera_slice_memory_allocated_mib", "Slice memory limit.", _SLICE),
+            "used": gauge("tessera_slice_memory_used_mib", "Memory its processes hold.", _SLICE),
+            "compute": gauge("tessera_slice_compute_allocated_pct", "Slice compute share.", _SLICE),
+            "share": gauge("tessera_slice_compute_share_pct", "Measured compute share (window).", _SLICE),
+            "throttled": gauge(
+                "tessera_slice_throttled_pct", "Percent of the window its processes were stopped.", _SLICE
+            ),
+        }
+        with self.db().read() as session:
+            rows = session.execute(
+                select(NodeRow.name, NodeRow.usage).where(NodeRow.state == NodeState.READY.value)
+            ).all()
+        for name, doc in rows:
+            if not doc:
+                continue
+            usage = NodeUsage.model_validate(doc)
+            for gpu in usage.gpus:
+                labels = [name, gpu.uuid, gpu.model]
+                g["memory"].add_metric(labels, gpu.memory_mib)
+                g["allocated"].add_metric(labels, gpu.allocated_memory_mib)
+                g["compute"].add_metric(labels, gpu.allocated_compute_pct)
+                g["stray"].add_metric(labels, len(gpu.unattributed))
+                g["lost"].add_metric(labels, 1 if gpu.lost else 0)
+                if gpu.used_memory_mib is not None:
+                    g["used"].add_metric(labels, gpu.used_memory_mib)
+                if gpu.utilization_pct is not None:
+                    g["util"].add_metric(labels, gpu.utilization_pct)
+                for tier in gpu.tiers:
+                    g["tier"].add_metric([*labels, tier], 1)
+            for sl in usage.slices:
+                labels = [name, sl.gpu_uuid, str(sl.slice_id), sl.job, sl.project, sl.task, sl.tier]
+                s["memory"].add_metric(labels, sl.memory_mib)
+                s["compute"].add_metric(labels, sl.compute_pct)
+                s["throttled"].add_metric(labels, sl.throttled_pct)
+                if sl.used_memory_mib is not None:
+                    s["used"].add_metric(labels, sl.used_memory_mib)
+                if sl.share_pct is not None:
+                    s["share"].add_metric(labels, sl.share_pct)
+        yield from g.values()
+        yield from s.values()
+
+
 class Metrics:
     def __init__(self, db: Callable[[], Database]) -> None:
         self.registry = CollectorRegistry()
@@ -52,6 +122,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(db))
+        self.registry.register(UsageCollector(db))
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")

@@ -48,6 +48,14 @@ def test_queue_lifecycle(server: Server) -> None:
     )
     assert packed[0]["spec"]["placement"] == "packing" and packed[0]["spec"]["weight"] == 3.0
     assert "packing" in server.run("queue", "get", "vision").stdout
+    enforced = server.run("queue", "update", "vision", "--compute-policy", "throttle", "-o", "json")
+    assert json.loads(enforced.stdout)[0]["spec"]["enforcement"] == {"memory": None, "compute": "throttle"}
+    reported = server.run("queue", "update", "vision", "--memory-policy", "report", "-o", "json")
+    assert json.loads(reported.stdout)[0]["spec"]["enforcement"] == {
+        "memory": "report",
+        "compute": "throttle",
+    }
+    assert "report/throttle" in server.run("queue", "get", "vision").stdout
     assert server.run("queue", "delete", "vision").returncode == 0
     assert server.run("queue", "get", "vision").returncode == 1
 
@@ -62,6 +70,11 @@ def test_queue_lifecycle(server: Server) -> None:
             ["create", "d", "--placement", "tetris"],
             "unknown placement policy 'tetris'; valid: one of tessera",
         ),
+        (
+            ["create", "e", "--memory-policy", "nuke"],
+            "enforcement.memory: unknown memory policy 'nuke'; valid: kill, report",
+        ),
+        (["create", "f", "--compute-policy", "fair"], "valid: measure, throttle, strict"),
     ],
 )
 def test_bad_queues_are_refused_with_a_reason(server: Server, args: list[str], says: str) -> None:

@@ -10,10 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from tessera.api.common import Page
 from tessera.api.events import Event
 from tessera.api.jobs import CancelJobRequest, Explanation, Job, JobState, SubmitJobRequest
+from tessera.api.usage import JobUsage
 from tessera.platform.auth import UserPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.services import events as event_service
 from tessera.platform.services import jobs as service
+from tessera.platform.services import usage as usage_service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -78,6 +80,14 @@ async def explain_job(
     from tessera.platform.services.explain import explain_job as explain
 
     return await run_in_threadpool(explain, db, caller, ref, project)
+
+
+@router.get("/{ref}/usage", response_model=JobUsage)
+async def job_usage(
+    ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQuery = "default"
+) -> JobUsage:
+    """The job's slices, allocation beside what their nodes measure (`tessera top job`)."""
+    return await run_in_threadpool(usage_service.job_usage, db, caller, ref, project)
 
 
 @router.post("/{ref}/cancel", response_model=Job)

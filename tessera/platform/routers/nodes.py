@@ -8,9 +8,11 @@ from fastapi.concurrency import run_in_threadpool
 from tessera.api.cluster import Node, RegisterNodeRequest
 from tessera.api.common import Page
 from tessera.api.jobs import Job, TaskReports
+from tessera.api.usage import Heartbeat, NodeEvents, NodeUsage
 from tessera.platform.auth import AdminPrincipal, NodePrincipal, UserPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.services import nodes as service
+from tessera.platform.services import usage as usage_service
 from tessera.platform.services.execution import apply_reports
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -23,9 +25,24 @@ async def register_node(req: RegisterNodeRequest, db: DbDep, caller: NodePrincip
 
 
 @router.post("/{name}/heartbeat", response_model=Node)
-async def heartbeat(name: str, db: DbDep, caller: NodePrincipal) -> Node:
+async def heartbeat(name: str, db: DbDep, caller: NodePrincipal, req: Heartbeat | None = None) -> Node:
+    """A sign of life; the body may carry the agent's latest measurement of its GPUs and slices."""
     await run_in_threadpool(service.check_agent, db, caller, name)
-    return await run_in_threadpool(service.heartbeat, db, name)
+    return await run_in_threadpool(service.heartbeat, db, name, req.usage if req else None)
+
+
+@router.post("/{name}/events", response_model=dict[str, int])
+async def node_events(name: str, req: NodeEvents, db: DbDep, caller: NodePrincipal) -> dict[str, int]:
+    """Events the agent saw (SliceMemoryExceeded, Throttled, ...): on its jobs, or on the node."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
+    written = await run_in_threadpool(usage_service.record_events, db, name, req.events)
+    return {"written": written}
+
+
+@router.get("/{name}/usage", response_model=NodeUsage)
+async def node_usage(name: str, db: DbDep, caller: UserPrincipal) -> NodeUsage:
+    """Allocation beside real use per GPU and slice, as the node last measured it (`tessera top node`)."""
+    return await run_in_threadpool(usage_service.node_usage, db, caller, name)
 
 
 @router.get("/{name}/assignments", response_model=Page[Job])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -12,6 +13,7 @@ from tessera.api.events import EventType
 from tessera.platform.services import convert
 from tessera.platform.store.db import Tx
 from tessera.platform.store.rows import EventRow, Stored
+from tessera.platform.store.types import utcnow
 
 R = TypeVar("R", bound=Stored)
 M = TypeVar("M", bound=BaseModel)
@@ -46,9 +48,11 @@ def emit(
     type: EventType = EventType.NORMAL,
     from_state: str | None = None,
     to_state: str | None = None,
+    at: datetime | None = None,
 ) -> EventRow:
-    """Write an event (it is also a change-feed entry of kind ``event``)."""
+    """Write an event (it is also a change-feed entry of kind ``event``); `at` defaults to now."""
     row = EventRow(
+        at=at or utcnow(),
         kind=kind,
         object_id=object_id,
         object_name=object_name,

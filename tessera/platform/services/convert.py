@@ -7,8 +7,8 @@ from typing import Any
 from tessera.api.cluster import Node, NodeInventory, NodeState
 from tessera.api.events import Event
 from tessera.api.identity import Membership, Project, Role, Scope, Token, User
-from tessera.api.jobs import Allocation, Attempt, Job, JobSpec, JobStatus, Task, TaskState
-from tessera.api.queues import Queue, QueueSpec
+from tessera.api.jobs import Allocation, Attempt, Job, JobSpec, JobStatus, Task, TaskState, TerminalReason
+from tessera.api.queues import Queue, QueueSpec, SlicePolicy
 from tessera.platform.store.rows import (
     AllocationRow,
     AttemptRow,
@@ -88,6 +88,7 @@ def task(row: TaskRow) -> Task:
         attempt=row.attempt,
         message=row.message,
         exit_code=row.exit_code,
+        reason=TerminalReason(row.reason) if row.reason else None,
         started_at=row.started_at,
         finished_at=row.finished_at,
     )
@@ -133,6 +134,7 @@ def _allocation(a: AllocationRow) -> Allocation:
         memory_mib=a.memory_mib,
         compute_pct=a.compute_pct,
         tier=a.tier,
+        enforcement=SlicePolicy.model_validate(a.enforcement) if a.enforcement else None,
         attempt=a.attempt,
     )
 

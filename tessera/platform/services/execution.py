@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from tessera.api.cluster import NodeInventory, NodeState
 from tessera.api.jobs import (
+    NODE_REASONS,
     JobSpec,
     JobState,
     JobStatus,
@@ -19,10 +21,11 @@ from tessera.api.jobs import (
     TaskState,
     TerminalReason,
 )
+from tessera.api.queues import Enforcement, SlicePolicy, resolve_enforcement
 from tessera.platform.services.common import put
 from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
-from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, TaskRow
+from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, QueueRow, TaskRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler.model import Bind
 
@@ -66,6 +69,7 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     gang = sum(g.gang_size for g in JobSpec.model_validate(row.spec).groups)
     if not set(task_nodes) <= set(tasks) or len(task_nodes) < gang:
         return False  # at least the gang, together; never a partial gang
+    policy = slice_policy(tx, row.queue).model_dump(mode="json")
     for placement in bind.placements:
         session.add(
             AllocationRow(
@@ -77,7 +81,9 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
                 mig_instance=placement.mig_uuid,
                 attempt=attempt,
                 compute_pct=placement.compute_pct,
+                # until its node reports the tier it enforces the slice with
                 tier="bookkeeping" if placement.gpu_uuid else None,
+                enforcement=policy if placement.gpu_uuid else None,
                 revision=tx.revision,
             )
         )
@@ -100,6 +106,18 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
         )
     apply_transition(tx, row, JobState.SCHEDULED, message=message)
     return True
+
+
+def slice_policy(tx: Tx, queue: str) -> SlicePolicy:
+    """The enforcement policy of `queue`'s slices: its own fields, each unset one from up the tree."""
+    specs: dict[str, dict[str, Any]] = dict(tx.session.execute(select(QueueRow.name, QueueRow.spec)).all())
+    chain: list[Enforcement] = []
+    cursor: str | None = queue
+    while cursor is not None and cursor in specs and len(chain) <= len(specs):
+        spec = specs[cursor]
+        chain.append(Enforcement.model_validate(spec.get("enforcement") or {}))
+        cursor = spec.get("parent")
+    return resolve_enforcement(chain)
 
 
 def _capacity_holds(tx: Tx, bind: Bind) -> bool:
@@ -207,6 +225,10 @@ def _record(tx: Tx, task: TaskRow, report: TaskReport) -> bool:
         task.finished_at, changed = report.finished_at, True
     if report.start_error and task.message != report.start_error:
         task.message, changed = report.start_error, True
+    if report.reason in NODE_REASONS and task.reason != report.reason.value:
+        task.reason, changed = report.reason.value, True
+        if report.message:
+            task.message = report.message
     # a cancelled job's tasks stay CANCELLED, but their exit codes are still recorded
     if not done and task.state != report.state.value:
         task.state, changed = report.state.value, True
@@ -233,7 +255,7 @@ def _advance(tx: Tx, job: JobRow) -> None:
         return
     states = [TaskState(t.state) for t in tasks]
     started = [s is not TaskState.PENDING for s in states]
-    start_errors = [t for t in tasks if t.message and t.state == TaskState.FAILED.value]
+    start_errors = [t for t in tasks if t.message and not t.reason and t.state == TaskState.FAILED.value]
     if start_errors and state in (JobState.SCHEDULED, JobState.STARTING):
         first = start_errors[0]
         apply_transition(
@@ -255,9 +277,14 @@ def _advance(tx: Tx, job: JobRow) -> None:
         return
     failed = [t for t in tasks if t.state == TaskState.FAILED.value]
     if failed:
-        first = failed[0]
+        # a task its node stopped (SliceOOM) says more than the exit codes its neighbours got after
+        first = next((t for t in failed if t.reason), failed[0])
         what = f"task {first.group_name}-{first.index} exited with code {first.exit_code}"
-        _fail_or_retry(tx, job, TerminalReason.ERROR, what, first.exit_code)
+        reason = TerminalReason.ERROR
+        if first.reason:
+            reason = TerminalReason(first.reason)
+            what = f"task {first.group_name}-{first.index}: {first.message or reason.value}"
+        _fail_or_retry(tx, job, reason, what, first.exit_code)
     elif all(s is TaskState.SUCCEEDED for s in states):
         apply_transition(
             tx, job, JobState.SUCCEEDED, message=f"all {len(tasks)} task(s) exited 0", exit_code=0

@@ -153,6 +153,7 @@ def apply_transition(
         for task in tx.session.execute(select(TaskRow).where(TaskRow.job_id == row.id)).scalars():
             task.state, task.attempt = TaskState.PENDING.value, moved.status.attempt
             task.exit_code, task.started_at, task.finished_at, task.message = None, None, None, ""
+            task.reason = None
             tx.stamp(task)
     job = put(tx, "job", row, lambda r: render_job(tx.session, r))
     draft = moved.event

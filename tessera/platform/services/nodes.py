@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
 from tessera.api.jobs import Job
+from tessera.api.usage import NodeUsage
 from tessera.platform.auth import Principal
 from tessera.platform.problems import Forbidden, NotFound
 from tessera.platform.services import convert
@@ -55,10 +56,15 @@ def register_node(db: Database, req: RegisterNodeRequest, caller: Principal | No
         return node
 
 
-def heartbeat(db: Database, name: str) -> Node:
+def heartbeat(db: Database, name: str, usage: NodeUsage | None = None) -> Node:
+    """A sign of life, with the agent's latest measurement of its GPUs when it sends one."""
+    from tessera.platform.services.usage import store_usage
+
     with db.write() as tx:
         row = _row(tx, name)
         row.last_heartbeat_at = utcnow()
+        if usage is not None:
+            store_usage(tx, row, usage.model_copy(update={"node": name}))
         if row.state == NodeState.NOT_READY.value:
             row.state = NodeState.READY.value
         return put(tx, "node", row, convert.node)

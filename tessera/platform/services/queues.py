@@ -66,7 +66,11 @@ def get_queue(db: Database, name: str) -> Queue:
 def update_queue(db: Database, name: str, req: UpdateQueueRequest) -> Queue:
     with db.write() as tx:
         row = _row(tx, name)
-        merged = {**row.spec, **req.model_dump(mode="json", exclude_unset=True)}
+        changes = req.model_dump(mode="json", exclude_unset=True)
+        if changes.get("enforcement") is not None:
+            # only the policies given change: --memory-policy alone keeps the compute policy
+            changes["enforcement"] = {**(row.spec.get("enforcement") or {}), **changes["enforcement"]}
+        merged = {**row.spec, **changes}
         spec = QueueSpec.model_validate(merged)
         _check_parent(tx, name, spec.parent)
         row.spec, row.parent = spec.model_dump(mode="json"), spec.parent

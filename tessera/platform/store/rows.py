@@ -148,6 +148,9 @@ class NodeRow(Stored):
     agent_secret: Mapped[str | None] = mapped_column(String(128))
     # the user whose node-scope tokens may act as this node (set when it first registers)
     agent_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # the agent's last measurement (tessera.api.usage.NodeUsage); not rendered into the node, whose
+    # watchers need not see it change with every heartbeat
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
 
 
 class JobRow(Stored):
@@ -185,6 +188,8 @@ class TaskRow(Stored):
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     message: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    # why the node ended it (SliceOOM), when the node did
+    reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -214,6 +219,8 @@ class AllocationRow(Stored):
     memory_mib: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     compute_pct: Mapped[float] = mapped_column(Float, nullable=False, default=0)
     tier: Mapped[str | None] = mapped_column(String(32))
+    # the queue's enforcement policy when bound (tessera.api.queues.SlicePolicy)
+    enforcement: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     # the attempt ended but its process may still hold the GPU: the slice stays counted until
     # the agent reports the exit (or the node is declared lost)
