@@ -72,6 +72,30 @@ class FragModel:
                     table[j, m, b:, t.num_gpu :] += t.count
         self.table = table
         self._j = np.arange(len(self.needs))
+        # Per node, the parts and the fragmentation of its current state, by the state's version: a
+        # node's "before" is the same for every pod shape, so it is computed once per change.
+        self._seen: IntArray | None = None
+        self._fit = self._below = np.zeros((0, len(self.needs)), dtype=np.int64)
+        self._total = self._before = np.zeros(0, dtype=np.int64)
+
+    def current(self, state: ClusterState, rows: IntArray) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+        """(fitting, below, total, frag x covered) of ``rows`` as they are now, cached by version."""
+        n = state.num_nodes
+        if self._seen is None or len(self._seen) != n:
+            self._seen = np.full(n, -1, dtype=np.int64)
+            self._fit = np.zeros((n, len(self.needs)), dtype=np.int64)
+            self._below = np.zeros((n, len(self.needs)), dtype=np.int64)
+            self._total = np.zeros(n, dtype=np.int64)
+            self._before = np.zeros(n, dtype=np.int64)
+        stale = rows[self._seen[rows] != state.version[rows]]
+        if len(stale):
+            fitting, below, total = self.parts(state.gpu_free[stale])
+            self._fit[stale], self._below[stale], self._total[stale] = fitting, below, total
+            self._before[stale] = self.frag(
+                state.cpu_free[stale], fitting, below, total, state.model_code[stale]
+            )
+            self._seen[stale] = state.version[stale]
+        return self._fit[rows], self._below[rows], self._total[rows], self._before[rows]
 
     def parts(self, free: IntArray) -> tuple[IntArray, IntArray, IntArray]:
         """(GPUs fitting each need, free milli on GPUs below each need, total free) per node."""
@@ -103,8 +127,7 @@ class FragModel:
         fractional pod (one column per GPU), (R, 1) otherwise; and which entries are possible."""
         free = state.gpu_free[rows]
         cpu, model = state.cpu_free[rows], state.model_code[rows]
-        fitting, below, total = self.parts(free)
-        before = self.frag(cpu, fitting, below, total, model)
+        fitting, below, total, before = self.current(state, rows)
         cpu_after = cpu - pod.cpu_milli
         if pod.fractional:
             m = pod.gpu_milli
@@ -135,7 +158,7 @@ class _Entry:
     version: IntArray
 
 
-ShapeKey = tuple[int, int, int, tuple[str, ...]]
+ShapeKey = tuple[object, ...]
 
 
 class FgdPolicy(Policy):

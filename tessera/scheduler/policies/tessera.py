@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tessera.scheduler.policies.fgd import FgdPolicy, TypicalPod
+from tessera.scheduler.policies.fgd import FgdPolicy, ShapeKey, TypicalPod
 from tessera.scheduler.policies.state import BoolArray, ClusterState, FloatArray, IntArray, PodRequest
 
 STRANDING_WEIGHT = 2.0
@@ -69,22 +69,24 @@ class TesseraPolicy(FgdPolicy):
             short = np.maximum(short, gpu - mem / self.mem_per_milli)
         return short
 
-    def stranding_decrease(self, state: ClusterState, pod: PodRequest) -> FloatArray:
-        """Per node: how much placing ``pod`` there lowers its stranded milli-GPU (usually <= 0)."""
-        gpu = state.gpu_free_total.astype(np.float64)
-        cpu = state.cpu_free.astype(np.float64)
-        mem = state.mem_free.astype(np.float64)
+    def stranding_decrease(self, state: ClusterState, rows: IntArray, pod: PodRequest) -> FloatArray:
+        """Per node of ``rows``: how much placing ``pod`` there lowers its stranded milli-GPU."""
+        gpu = state.gpu_free_total[rows].astype(np.float64)
+        cpu = state.cpu_free[rows].astype(np.float64)
+        mem = state.mem_free[rows].astype(np.float64)
         before = self.stranded(gpu, cpu, mem)
         after = self.stranded(gpu - pod.gpu_total, cpu - pod.cpu_milli, mem - pod.memory_mib)
         return before - after
 
+    def shape_key(self, pod: PodRequest) -> ShapeKey:
+        """Memory enters the stranding term, so it is part of the shape here."""
+        return (*super().shape_key(pod), pod.memory_mib)
+
     def gpu_scores(
         self, state: ClusterState, rows: IntArray, pod: PodRequest, delta: FloatArray, ok: BoolArray
     ) -> FloatArray:
-        """The cached part: FGD's exact fragmentation decrease in milli-GPU (float, no sigmoid)."""
-        return np.where(ok, delta / self.frag_model(state).covered, -np.inf)
-
-    def adjust(self, state: ClusterState, pod: PodRequest, scores: FloatArray) -> FloatArray:
-        """Add the stranding term for every node (cheap, so not cached: it also depends on memory).
-        It is the same for all GPUs of a node, so the cached best GPU stays the best."""
-        return scores + self.weight * self.stranding_decrease(state, pod)
+        """FGD's exact fragmentation decrease in milli-GPU (float, no sigmoid), plus the stranding
+        term, which is the same for every GPU of a node (so the best GPU is FGD's). Both depend on
+        the node's state only, so they are cached with it (recomputed when the node changes)."""
+        strand = self.weight * self.stranding_decrease(state, rows, pod)
+        return np.where(ok, delta / self.frag_model(state).covered + strand[:, None], -np.inf)
