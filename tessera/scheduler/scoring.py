@@ -164,7 +164,7 @@ class Scorer:
         self._refresh()
         pod = self.pod(res)
         chooser = self.policy(placement)
-        feasible = self.state.feasible(pod).copy()
+        feasible = self.state.feasible(pod)  # a fresh array: ours to change
         if locality:
             feasible = _prefer_local(feasible, [locality.get(n.name, 0.0) for n in self._nodes])
         while feasible.any():

@@ -135,11 +135,8 @@ class FragModel:
             needs = self.needs
             fit2 = fitting[:, None, :] + (after >= needs).astype(np.int64) - (now >= needs)
             below2 = below[:, None, :] + self.waste(after) - self.waste(now)
-            total2 = np.broadcast_to((total - m)[:, None], free.shape)
-            frag2 = self.frag(
-                np.broadcast_to(cpu_after[:, None], free.shape), fit2, below2, total2,
-                np.broadcast_to(model[:, None], free.shape),
-            )  # fmt: skip
+            # frag broadcasts: per-node figures as (R, 1) columns against the (R, G) candidates
+            frag2 = self.frag(cpu_after[:, None], fit2, below2, (total - m)[:, None], model[:, None])
             return (before[:, None] - frag2).astype(np.float64), free >= m
         if pod.num_gpu:
             k = pod.num_gpu
