@@ -3,8 +3,9 @@
 The node agent calls `Enforcer.poll` every `poll_seconds` (100 ms) with the slices it runs. Each poll:
 
 1. reads every GPU's processes (MIG instances one by one) and their kernel time since the last poll;
-2. attributes each process to the slice whose shim it descends from (`attribution`), never by what
-   its environment says; an attributed verdict is reused for `attribution_ttl_seconds`;
+2. attributes each process to the slice whose shim it descends from (`attribution`), or, for a slice
+   the kubelet started, whose pod cgroup holds it (`cgroups`), never by what its environment says;
+   an attributed verdict is reused for `attribution_ttl_seconds`;
 3. memory: a slice over its limit gets SliceMemoryExceeded, then SIGTERM to its task's process group
    and its GPU processes, SIGKILL after the grace period (`watchdog`), under the ``kill`` policy;
 4. compute: measures each slice's share over a sliding window and duty-cycles the slices whose policy
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from tessera.gpushare.attribution import Attribution, ProcInfo, SliceShim, attribute, read_proc, snapshot
+from tessera.gpushare.cgroups import attribute_live_by_cgroup
 from tessera.gpushare.device import (
     DeviceBackend,
     DeviceError,
@@ -340,8 +342,15 @@ class Enforcer:
         self, device: str, pids: list[int], shims: list[SliceShim], now: float
     ) -> list[tuple[Attribution, int]]:
         table = snapshot(pids, read=lambda pid, with_hint=False: self.read(pid))
+        by_cgroup = {
+            s.slice_id: s.cgroup for s in self._specs.values() if s.cgroup and s.device_uuid == device
+        }
         out = []
         for verdict in attribute(pids, shims, table, device):
+            if not verdict.attributed and by_cgroup:  # a pod's process: by the cgroup it lives in
+                [found] = attribute_live_by_cgroup([verdict.pid], by_cgroup)
+                if found.slice_id is not None:
+                    verdict = Attribution(verdict.pid, found.slice_id, f"in cgroup {found.cgroup}")
             info = table.get(verdict.pid)
             if info is None:
                 continue  # exited while being read: it no longer holds anything

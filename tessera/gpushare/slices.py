@@ -23,6 +23,9 @@ class SliceSpec:
     memory_policy: str = "kill"
     compute_policy: str = "measure"
     may_throttle: bool = True  # False for a gang's members and a service's replicas
+    # Where the kubelet starts the task (no shim is its parent): its pod's cgroup; a process in it
+    # (or below it) belongs to the slice (cgroups.py).
+    cgroup: str | None = None
 
     @property
     def device_uuid(self) -> str:

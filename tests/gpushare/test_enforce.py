@@ -322,3 +322,30 @@ def test_a_strict_slice_is_stopped_over_its_share_and_resumed_when_released(tmp_
     finally:
         os.killpg(shim.pid, signal.SIGKILL)
         shim.wait()
+
+
+def test_a_pods_processes_are_attributed_by_its_cgroup(sim: SimulatedBackend, procs: Procs) -> None:
+    """Where the kubelet starts the task there is no shim: the pod's cgroup decides (here the test's
+    own cgroup stands in for the pod's; the slice's shim is a pid that does not exist)."""
+    from tessera.gpushare.cgroups import read_cgroup
+
+    pod = procs.hold(6144, shim=False, TESSERA_SLICE_ID="elsewhere")
+    cgroup = read_cgroup(pod[0])
+    assert cgroup is not None
+    events: list[EnforcementEvent] = []
+    killed: list[str] = []
+    enforcer = Enforcer(
+        sim,
+        EnforcerConfig(memory_grace_seconds=2),
+        emit=events.append,
+        on_kill=lambda spec, message: killed.append(spec.slice_id),
+        clock=Clock(),
+        probe=NodeProbe,
+    )
+    enforcer.poll([slice_on("pod", (2**22 + 7, 1), cgroup=cgroup)])
+    assert killed == ["pod"] and [(e.reason, e.slice_id) for e in events] == [("SliceMemoryExceeded", "pod")]
+    assert not enforcer.snapshot.gpus[0].strays
+    # the same process with no slice claiming its cgroup is a stray, whatever its environment says
+    other = Enforcer(sim, EnforcerConfig(), emit=events.append, clock=Clock(), probe=NodeProbe)
+    other.poll([slice_on("pod", (2**22 + 7, 1), cgroup="/kubepods/burstable/pod-elsewhere")])
+    assert [s.pid for s in other.snapshot.gpus[0].strays] == [pod[0]]
