@@ -18,13 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# torch only where tests train (PyPI's CUDA build is several GB; pip's cache keeps it per machine)
+TRAIN_STAMP := $(VENV)/.train-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+$(TRAIN_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	@rm -f $(VENV)/.train-* && touch $@
+
 up: install
 	$(BIN)/tessera up $(if $(SIMULATE_GPUS),--simulate-gpus $(SIMULATE_GPUS))
 
 test-deps:
 	scripts/install-test-deps
 
-test: install test-deps
+test: install $(TRAIN_STAMP) test-deps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: install

@@ -149,6 +149,14 @@ class SubmitJobRequest(JobSpec):
     name: Name | None = None  # type: ignore[assignment]
 
 
+class MasterEndpoint(Model):
+    """Rank 0's node, address and port for one attempt of a multi-task job."""
+
+    node: str
+    address: str
+    port: int = Field(ge=1, le=65535)
+
+
 class JobStatus(Model):
     state: JobState
     reason: TerminalReason | None = None
@@ -162,6 +170,9 @@ class JobStatus(Model):
     # Placed as a backfill into capacity held for a waiting gang: it should end by then, or that
     # gang may preempt it (docs/scheduler.md, "Backfill").
     backfill_until: datetime | None = None
+    master: MasterEndpoint | None = Field(
+        default=None, description="Where rank 0 listens in this attempt (MASTER_ADDR, MASTER_PORT)."
+    )
 
 
 class TaskState(enum.StrEnum):

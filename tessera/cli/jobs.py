@@ -41,6 +41,7 @@ def _duration(value: str | None, flag: str) -> str | None:
 
 @submit_app.command("train", context_settings={"allow_interspersed_args": False})
 def submit_train(
+    ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
     name: Annotated[
         str | None, typer.Option("--name", help="Job name (DNS label); generated if unset.")
@@ -77,7 +78,12 @@ def submit_train(
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """Submit a training job: tessera submit train --name N --gpu-memory 4Gi -- python train.py"""
+    """Submit a training job: tessera submit train|pytorchjob --name N --workers 2 --gpus 1 -- python train.py
+
+    Every worker gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+    (rank 0 is the master); the workers start together and one failure ends or retries them all.
+    """
+    kind = ctx.info_name or "train"  # the verb it was called by: train or pytorchjob
     resources: dict[str, Any] = {}
     for key, value in (
         ("gpus", gpus),
@@ -106,7 +112,7 @@ def submit_train(
         group["image"] = image
     body: dict[str, Any] = {
         "project": project,
-        "kind": "train",
+        "kind": kind,
         "groups": [group],
         "preemptible": preemptible,
         "retry": {"max_retries": retries},
@@ -339,6 +345,10 @@ def explain(
         )
     elif result.state is JobState.PENDING:
         out.print("no node has joined yet", highlight=False)
+
+
+# Arena's `submit pytorchjob` is the same command with kind pytorchjob (the name it was called by)
+submit_app.command("pytorchjob", context_settings={"allow_interspersed_args": False})(submit_train)
 
 
 def register(app: typer.Typer) -> None:

@@ -94,6 +94,7 @@ class _TorchEngine:
 def _open_engine(kind: str, memory_mib: int) -> _Engine:
     if kind == "sim" or (kind == "auto" and os.environ.get(STATE_DIR_ENV)):
         return _SimEngine(memory_mib)
+    torch: Any
     try:
         import torch
     except ImportError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from tessera.api.jobs import Allocation, Job, JobState, Task
@@ -49,9 +50,16 @@ class TaskLaunch:
         return f"{self.task_id}-a{self.attempt}"
 
 
-def master_port(job_id: uuid.UUID, attempt: int) -> int:
-    """A stable per-attempt port for rank 0 (the agent checks it is free before use)."""
-    return MASTER_PORT_BASE + zlib.crc32(f"{job_id}:{attempt}".encode()) % MASTER_PORT_SPAN
+def master_port(job_id: uuid.UUID, attempt: int, taken: Collection[int] = ()) -> int:
+    """Rank 0's port for one attempt: a stable start in the range, moving past ports other live jobs
+    hold on that node. A new attempt starts elsewhere, so one port another program holds (the
+    agent checks before starting rank 0) does not fail every retry."""
+    start = zlib.crc32(f"{job_id}:{attempt}".encode()) % MASTER_PORT_SPAN
+    for step in range(MASTER_PORT_SPAN):
+        port = MASTER_PORT_BASE + (start + step) % MASTER_PORT_SPAN
+        if port not in taken:
+            return port
+    return MASTER_PORT_BASE + start
 
 
 def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[TaskLaunch]:
@@ -66,13 +74,25 @@ def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[Ta
     # ranks count the bound tasks in (group, index) order, rank 0 being the master
     tasks = sorted((t for t in job.tasks if t.id in slices), key=lambda t: (t.group, t.index))
     world = len(tasks)
+    # LOCAL_RANK counts the tasks on the same node, in rank order (torchrun's meaning)
+    local: dict[uuid.UUID, tuple[int, int]] = {}
+    per_node: dict[str | None, list[uuid.UUID]] = {}
+    for task in tasks:
+        per_node.setdefault(task.node, []).append(task.id)
+    for ids in per_node.values():
+        for i, task_id in enumerate(ids):
+            local[task_id] = (i, len(ids))
+    master = job.status.master
+    endpoint = (master.address, master.port) if master else (master_addr, master_port(job.id, attempt))
     out = []
     for rank, task in enumerate(tasks):
         if task.node != node or task.attempt != attempt:
             continue
         group = next(g for g in job.spec.groups if g.name == task.group)
         env = dict(group.env)
-        env.update(_contract(job, task, slices.get(task.id, []), node, rank, world, master_addr))
+        env.update(
+            _contract(job, task, slices.get(task.id, []), node, (rank, world, *local[task.id]), endpoint)
+        )
         out.append(
             TaskLaunch(
                 job_id=job.id,
@@ -97,8 +117,14 @@ def _gpu_slices(allocs: list[Allocation]) -> list[Allocation]:
 
 
 def _contract(
-    job: Job, task: Task, allocs: list[Allocation], node: str, rank: int, world: int, master_addr: str
+    job: Job,
+    task: Task,
+    allocs: list[Allocation],
+    node: str,
+    ranks: tuple[int, int, int, int],
+    master: tuple[str, int],
 ) -> dict[str, str]:
+    rank, world, local_rank, local_world = ranks
     gpu_allocs = _gpu_slices(allocs)
     env = {
         "TESSERA_JOB_ID": str(job.id),
@@ -112,9 +138,10 @@ def _contract(
         "TESSERA_NODE": node,
         "RANK": str(rank),
         "WORLD_SIZE": str(world),
-        "LOCAL_RANK": str(task.index),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port(job.id, job.status.attempt)),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(local_world),
+        "MASTER_ADDR": master[0],
+        "MASTER_PORT": str(master[1]),
     }
     if allocs:
         env["TESSERA_SLICE_ID"] = ",".join(str(a.id) for a in allocs)

@@ -122,6 +122,7 @@ def transition(
         )
         update["started_at"] = None
         update["backfill_until"] = None
+        update["master"] = None
         if current in _NEW_ATTEMPT_FROM:
             update["attempt"] = status.attempt + 1
     else:

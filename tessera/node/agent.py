@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -303,6 +304,7 @@ class Agent:
             env.update(launch.env)
             task_dir.mkdir(parents=True, exist_ok=True)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
+            _check_master_port(launch.env)
             shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
         except Exception as exc:
             log.exception("could not launch %s", launch.key)
@@ -455,3 +457,17 @@ def _shim_report(task_dir: TaskDir, state: shim.ShimState, alive: bool) -> dict[
 
 def _iso(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat() if stamp else None
+
+
+def _check_master_port(env: dict[str, str]) -> None:
+    """Rank 0 of a multi-task job listens on MASTER_PORT: refuse to start it if another program
+    holds that port (the job fails with StartError, and a retry gets another port)."""
+    if env.get("RANK") != "0" or int(env.get("WORLD_SIZE", "1")) < 2 or "MASTER_PORT" not in env:
+        return
+    port = int(env["MASTER_PORT"])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise RuntimeError(f"MASTER_PORT {port} is in use on this node ({exc.strerror})") from None

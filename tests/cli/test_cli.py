@@ -230,3 +230,14 @@ def test_up_refuses_bad_simulated_gpus(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "2xA100-80GB" in r.stderr
+
+
+def test_submit_pytorchjob_is_a_gang_of_kind_pytorchjob(server: Server) -> None:
+    r = server.run(
+        "submit", "pytorchjob", "--name", "ddp", "--workers", "2", "-o", "json", "--", "python", "x.py"
+    )
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    assert job["spec"]["kind"] == "pytorchjob" and len(job["tasks"]) == 2
+    plain = json.loads(server.run("submit", "train", "--name", "t", "-o", "json", "--", "x").stdout)
+    assert plain["spec"]["kind"] == "train"

@@ -115,3 +115,17 @@ def test_down_cancels_tasks_and_delete_removes_logs(cluster: LocalCluster) -> No
     wait_until(lambda: not done_dir.exists(), 20, what="the deleted job's logs to be removed")
     assert cluster.cli("down").returncode == 0
     assert not _exists(pid), "down cancels running tasks unless --keep-tasks"
+
+
+def test_one_failed_rank_ends_the_whole_gang(cluster: LocalCluster) -> None:
+    # rank 1 fails at once; rank 0 would run for a minute: the job fails as a whole, and rank 0 is
+    # stopped with it rather than left running
+    script = 'if [ "$RANK" = 1 ]; then exit 3; fi; echo "rank $RANK waiting"; sleep 60'
+    r = cluster.cli("submit", "pytorchjob", "--name", "gang", "--workers", "2", "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    job = cluster.wait_state("gang", "FAILED", timeout=60)
+    assert job["status"]["reason"] == "Error" and "exited with code 3" in job["status"]["message"]
+    ended = wait_until(
+        lambda: all(t["state"] in ("FAILED", "CANCELLED") for t in cluster.job("gang")["tasks"]), 30
+    )
+    assert ended

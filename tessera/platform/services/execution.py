@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlparse
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -16,12 +17,14 @@ from tessera.api.jobs import (
     JobSpec,
     JobState,
     JobStatus,
+    MasterEndpoint,
     PendingReason,
     TaskReport,
     TaskState,
     TerminalReason,
 )
 from tessera.api.queues import Enforcement, SlicePolicy, resolve_enforcement
+from tessera.jobs.launch import master_port
 from tessera.platform.services.common import put
 from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
@@ -97,15 +100,36 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     )
     session.flush()
     message = f"bound to {', '.join(nodes)}"
+    update: dict[str, Any] = {}
+    if len(task_nodes) > 1:  # rank 0's endpoint, for the torch launch contract
+        first = min(task_nodes, key=lambda t: (tasks[t].group_name, tasks[t].index))
+        update["master"] = _master(tx, job_id, attempt, task_nodes[first])
     if bind.backfill_until is not None:
+        update["backfill_until"] = bind.backfill_until
+    if update:
         status = JobStatus.model_validate(row.status)
-        row.status = status.model_copy(update={"backfill_until": bind.backfill_until}).model_dump(mode="json")
+        row.status = status.model_copy(update=update).model_dump(mode="json")
+    if bind.backfill_until is not None:
         message += (
             f" as a backfill into room held for a waiting job: expected to end by "
             f"{bind.backfill_until:%Y-%m-%d %H:%M:%S} UTC, or it may be preempted"
         )
     apply_transition(tx, row, JobState.SCHEDULED, message=message)
     return True
+
+
+def _master(tx: Tx, job_id: uuid.UUID, attempt: int, node: str) -> MasterEndpoint:
+    """Rank 0's endpoint: its node's address (from the agent's URL) and a port no other live job
+    has there. The agent checks that no other program holds it before starting rank 0."""
+    url = tx.session.execute(select(NodeRow.agent_url).where(NodeRow.name == node)).scalar_one_or_none()
+    address = urlparse(url).hostname if url else None
+    live = (JobState.SCHEDULED.value, JobState.STARTING.value, JobState.RUNNING.value)
+    taken = set()
+    for (status,) in tx.session.execute(select(JobRow.status).where(JobRow.state.in_(live))).all():
+        master = (status or {}).get("master")
+        if master and master.get("node") == node:
+            taken.add(int(master["port"]))
+    return MasterEndpoint(node=node, address=address or "127.0.0.1", port=master_port(job_id, attempt, taken))
 
 
 def slice_policy(tx: Tx, queue: str) -> SlicePolicy:
