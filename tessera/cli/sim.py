@@ -45,6 +45,14 @@ def openb(
             "--departures", help="Replay by creation and deletion time instead; report wait time and JCT."
         ),
     ] = False,
+    speedup: Annotated[
+        float,
+        typer.Option(
+            "--speedup",
+            min=0.001,
+            help="With --departures: arrivals this many times faster (run times kept).",
+        ),
+    ] = 1.0,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Replay an Alibaba openb trace with the FGD paper's method (ANCHORS.md section 1).
@@ -72,8 +80,13 @@ def openb(
             fail(f"{pods}: this pod list has no creation_time/deletion_time columns (needed by --departures)")
         typical = typical_pods(pod_table) if policy in ("fgd", "tessera") else []
         chooser = make_policy(policy, seed=seed, typical=typical)
-        result = replay_with_departures(cluster(node_table), chooser, pod_table)
-        summary = {"policy": policy, "seconds": round(result.seconds, 3), **result.summary()}
+        result = replay_with_departures(cluster(node_table), chooser, pod_table, speedup=speedup)
+        summary = {
+            "policy": policy,
+            "speedup": speedup,
+            "seconds": round(result.seconds, 3),
+            **result.summary(),
+        }
         if output in (Format.JSON, Format.YAML):
             _dump(summary, output)
             return

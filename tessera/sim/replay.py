@@ -165,15 +165,24 @@ class DepartureResult:
 
 
 def replay_with_departures(
-    state: ClusterState, chooser: Policy, table: PodTable, pods: list[PodRequest] | None = None
+    state: ClusterState,
+    chooser: Policy,
+    table: PodTable,
+    pods: list[PodRequest] | None = None,
+    speedup: float = 1.0,
 ) -> DepartureResult:
-    """Replay ``table`` by creation/deletion time on ``state`` (mutated); see the module doc."""
+    """Replay ``table`` by creation/deletion time on ``state`` (mutated); see the module doc.
+
+    ``speedup`` > 1 compresses the arrivals (creation times divided by it) while each pod keeps its
+    run time: the same work arrives faster, so the cluster fills and pods queue."""
     if not table.has_times:
         raise ValueError("this pod list has no creation_time/deletion_time columns")
+    if speedup <= 0:
+        raise ValueError(f"speedup must be > 0, got {speedup}")
     start = time.perf_counter()
     pods = pods if pods is not None else requests(table)
-    created = table.creation_time
-    runtime = np.maximum(table.deletion_time - created, 0)
+    runtime = np.maximum(table.deletion_time - table.creation_time, 0)
+    created = np.floor(table.creation_time / speedup).astype(np.int64)
     arrivals = sorted(range(len(table)), key=lambda i: (int(created[i]), table.names[i]))
     events: list[tuple[int, int, int]] = []  # (time, 0 = departure / 1 = arrival, pod)
     for i in arrivals:

@@ -68,3 +68,17 @@ def test_bad_traces_name_file_line_and_column(small: tuple[Path, Path], tmp_path
     assert code == 1 and f"{bad}:2, column 'memory_mib': not an integer" in output
     code, output = sim("--pods", str(bad), "--nodes", str(nodes), "--policy", "tetris")
     assert code == 2 and "unknown policy 'tetris'" in output
+
+
+def test_departures_with_faster_arrivals_queue(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("".join((TRACES / "openb_node_list_gpu_node.csv").read_text().splitlines(True)[:21]))
+    pods = str(TRACES / "openb_pod_list_default_head2000.csv")
+    base = ["--pods", pods, "--nodes", str(nodes), "--departures", "-o", "json"]
+    calm = json.loads(sim(*base)[1])
+    code, output = sim(*base, "--speedup", "10")
+    assert code == 0, output
+    busy = json.loads(output)
+    assert calm["wait_p99"] == 0 and busy["speedup"] == 10
+    assert busy["waited"] > 100 and busy["wait_p99"] > 0 and busy["jct_mean"] > calm["jct_mean"]
+    assert sim(*base, "--speedup", "0")[0] == 2
