@@ -4,11 +4,13 @@ and rank 0's endpoint chosen at bind time (a port no other live job holds on tha
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 
 from tessera.api.jobs import Job
-from tessera.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN, launches_for
+from tessera.jobs import launch
+from tessera.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN, launches_for, master_port
 from tessera.node.agent import _check_master_port
 from tessera.platform.controllers.scheduling import SchedulingLoop
 from tests.conftest import Api, job_body
@@ -49,8 +51,29 @@ def test_ranks_local_ranks_and_one_master_endpoint(api: Api) -> None:
         (master.address, str(master.port))
     }
     assert MASTER_PORT_BASE <= master.port < MASTER_PORT_BASE + MASTER_PORT_SPAN
-    if b.status.master.node == master.node:  # two live jobs never share a master port on a node
-        assert b.status.master.port != master.port
+    assert b.status.master.node == "n2"  # b fits n2 only: its rank 0 is there
+
+
+def test_two_live_jobs_never_share_a_master_port_on_a_node(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # three ports for three jobs: by hash alone they would likely collide; the bind must not let them
+    monkeypatch.setattr(launch, "MASTER_PORT_SPAN", 3)
+    node(api, "n1", gpus=8)
+    for name in ("a", "b", "c"):
+        ddp(api, name, 2)
+    SchedulingLoop(api.db, placement="firstfit").step()
+    masters = [Job.model_validate(api.call("GET", f"/api/v1/jobs/{n}").json()).status.master for n in "abc"]
+    assert all(m is not None and m.node == "n1" for m in masters)
+    assert {m.port for m in masters if m} == {MASTER_PORT_BASE, MASTER_PORT_BASE + 1, MASTER_PORT_BASE + 2}
+
+
+def test_the_port_moves_past_taken_ones_and_differs_by_attempt() -> None:
+    job = uuid.uuid4()
+    first = master_port(job, 0)
+    assert master_port(job, 0, {first}) != first
+    assert (
+        master_port(job, 0, {first}) == MASTER_PORT_BASE + (first - MASTER_PORT_BASE + 1) % MASTER_PORT_SPAN
+    )
+    assert master_port(job, 1) != first or master_port(job, 2) != first
 
 
 def test_rank_0_does_not_start_on_a_port_another_program_holds() -> None:
