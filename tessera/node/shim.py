@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tessera.gpushare.signals import signal_process
 from tessera.node.procs import descendants, is_alive, proc_start_time, set_child_subreaper
 
 log = logging.getLogger(__name__)
@@ -197,31 +198,6 @@ def launch(
     return state
 
 
-def _signal_pid(pid: int, start_time: int, sig: int) -> bool:
-    """Send `sig` to (pid, start_time) without ever hitting a different process that reused the pid."""
-    try:
-        # A pidfd pins the process it was opened for; if the start time still matches after opening
-        # it, the pidfd refers to the right process and the signal cannot land on a newcomer.
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        fd = -1  # Old kernel without pidfd: fall back to check-then-kill (a tiny race).
-    try:
-        if not is_alive(pid, start_time):
-            return False
-        if fd >= 0:
-            signal.pidfd_send_signal(fd, sig)
-        else:
-            os.kill(pid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
 def stop(task_dir: Path) -> bool:
     """Ask the task's shim to stop the task (SIGTERM to the shim); True if a live shim was signalled.
 
@@ -231,7 +207,7 @@ def stop(task_dir: Path) -> bool:
     state = read_state(Path(task_dir))
     if state is None:
         return False
-    return _signal_pid(state.shim_pid, state.shim_start_time, signal.SIGTERM)
+    return signal_process(state.shim_pid, state.shim_start_time, signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------------------------------

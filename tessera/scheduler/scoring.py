@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -35,37 +34,11 @@ from tessera.api.resources import GpuKind, Resources
 from tessera.scheduler.model import RunningJob, SlicePlacement
 from tessera.scheduler.placement import WorkGpu, WorkNode, pick_gpus
 from tessera.scheduler.policies import ClusterState, PodRequest, Policy, TypicalPod, policy
+from tessera.scheduler.policies.fgd import Spec, typical_mix
 from tessera.scheduler.policies.state import MILLI
 
-COVERAGE = 0.95  # the typical mix covers this share of the tasks, most frequent shapes first
 _EPS = 1e-6
 _SLACK = 0.01  # milli-units of float error the mirror forgives
-
-Spec = tuple[int, int, int, tuple[str, ...]]  # (cpu milli, milli-GPU per GPU, GPUs, models)
-
-
-def typical_mix(specs: Iterable[tuple[Spec, int]], coverage: float = COVERAGE) -> list[TypicalPod]:
-    """The expected mix of task shapes (FGD's "typical pods"): most frequent first, up to ``coverage``.
-
-    ``specs``: (shape, host memory MiB) per task.
-    """
-    counts: Counter[Spec] = Counter()
-    memory: Counter[Spec] = Counter()
-    total = 0
-    for spec, mem in specs:
-        counts[spec] += 1
-        memory[spec] += mem
-        total += 1
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    taken: list[TypicalPod] = []
-    covered = 0
-    for (cpu, milli, gpus, models), count in ranked:
-        if covered >= coverage * total:
-            break
-        mean_memory = memory[(cpu, milli, gpus, models)] / count
-        taken.append(TypicalPod(cpu, milli, gpus, models, count, mean_memory))
-        covered += count
-    return taken
 
 
 class Scorer:

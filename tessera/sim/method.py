@@ -16,15 +16,14 @@ taken (FGD keeps the counts and divides by the covered total).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from tessera.scheduler.policies import ClusterState, PodRequest, TypicalPod
+from tessera.scheduler.policies.fgd import TYPICAL_COVERAGE, typical_mix
 from tessera.sim.traces import IntArray, NodeTable, PodTable
 
 TUNE_RATIO = 1.3
-COVERAGE = 0.95
+COVERAGE = TYPICAL_COVERAGE
 SAMPLE_CHUNK = 1024
 
 
@@ -81,22 +80,9 @@ def arrival_order(pods: PodTable, capacity_milli: int, seed: int, ratio: float =
 
 def typical_pods(pods: PodTable, coverage: float = COVERAGE) -> list[TypicalPod]:
     """The expected pod mix FGD uses (see the module doc); counts are raw pod counts."""
-    shapes: Counter[tuple[int, int, int, tuple[str, ...]]] = Counter()
-    memory: Counter[tuple[int, int, int, tuple[str, ...]]] = Counter()
+    specs = []
     for i in range(len(pods)):
         gpus = int(pods.num_gpu[i])
         milli = int(pods.gpu_milli[i]) if gpus else 0
-        key = (int(pods.cpu_milli[i]), milli, gpus, pods.allowed_models(i))
-        shapes[key] += 1
-        memory[key] += int(pods.memory_mib[i])
-    ranked = sorted(shapes.items(), key=lambda kv: (kv[1], kv[0][0], kv[0][1], kv[0][2], "|".join(kv[0][3])))
-    ranked.reverse()
-    needed = coverage * len(pods)
-    taken: list[TypicalPod] = []
-    covered = 0
-    for (cpu, milli, gpus, models), count in ranked:
-        if covered >= needed:
-            break
-        taken.append(TypicalPod(cpu, milli, gpus, models, count, memory[(cpu, milli, gpus, models)] / count))
-        covered += count
-    return taken
+        specs.append(((int(pods.cpu_milli[i]), milli, gpus, pods.allowed_models(i)), int(pods.memory_mib[i])))
+    return typical_mix(specs, coverage)

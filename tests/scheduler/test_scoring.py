@@ -17,7 +17,8 @@ from tessera.api.resources import Resources
 from tessera.scheduler.model import GpuState, NodeState, TaskRequest
 from tessera.scheduler.placement import Ranking, Workspace
 from tessera.scheduler.policies import POLICIES, policy
-from tessera.scheduler.scoring import Scorer, typical_mix
+from tessera.scheduler.policies.fgd import typical_mix
+from tessera.scheduler.scoring import Scorer
 from tessera.sim.method import arrival_order, cluster, requests, typical_pods
 from tessera.sim.traces import read_nodes, read_pods
 

@@ -19,7 +19,8 @@ node, so scores are cached per shape and recomputed only for nodes changed since
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,32 @@ class TypicalPod:
     models: tuple[str, ...]
     count: int
     memory_mib: float = 0.0
+
+
+TYPICAL_COVERAGE = 0.95
+Spec = tuple[int, int, int, tuple[str, ...]]  # (milli-CPU, milli-GPU per GPU, GPUs, allowed models)
+
+
+def typical_mix(specs: Iterable[tuple[Spec, int]], coverage: float = TYPICAL_COVERAGE) -> list[TypicalPod]:
+    """FGD's "typical pods": the shapes of ``specs`` ((shape, host memory MiB) per pod), most frequent
+    first (ties: the larger shape first), taken until they cover ``coverage`` of the pods; counts are
+    raw pod counts and memory the mean of the shape's pods."""
+    counts: Counter[Spec] = Counter()
+    memory: Counter[Spec] = Counter()
+    for spec, mem in specs:
+        counts[spec] += 1
+        memory[spec] += mem
+    ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0][0], kv[0][1], kv[0][2], "|".join(kv[0][3])))
+    ranked.reverse()
+    needed = coverage * sum(counts.values())
+    taken: list[TypicalPod] = []
+    covered = 0
+    for spec, count in ranked:
+        if covered >= needed:
+            break
+        taken.append(TypicalPod(*spec, count, memory[spec] / count))
+        covered += count
+    return taken
 
 
 class FragModel:
