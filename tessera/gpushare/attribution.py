@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from tessera.node.procs import read_stat
+
 SLICE_ENV = "TESSERA_SLICE_ID"
 _MAX_DEPTH = 1024  # deeper than any real tree; stops a corrupt (cyclic) table from looping
 
@@ -31,23 +33,13 @@ class ProcInfo:
 
 
 def read_proc(pid: int, *, with_hint: bool = False) -> ProcInfo | None:
-    """Read /proc/<pid>/stat (and environ when `with_hint`); None if the process does not exist.
-
-    The comm field may contain spaces and parentheses, so the fixed fields are taken after the last
-    ')'. An unreadable environ (another user's process) just gives no hint.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError, PermissionError):
-        return None
-    rest = data[data.rfind(b")") + 1 :].split()
-    try:  # rest[0] is field 3 (state), so field N is rest[N - 3]
-        state, ppid, start_time = rest[0].decode(), int(rest[1]), int(rest[22 - 3])
-    except (IndexError, ValueError):
+    """Read /proc/<pid>/stat (``procs.read_stat``, and environ when `with_hint`); None if the process
+    does not exist. An unreadable environ (another user's process) just gives no hint."""
+    stat = read_stat(pid)
+    if stat is None:
         return None
     hint = _read_hint(pid) if with_hint else None
-    return ProcInfo(pid=pid, ppid=ppid, start_time=start_time, state=state, slice_hint=hint)
+    return ProcInfo(pid=pid, ppid=stat.ppid, start_time=stat.start_time, state=stat.state, slice_hint=hint)
 
 
 def _read_hint(pid: int) -> str | None:
@@ -61,18 +53,6 @@ def _read_hint(pid: int) -> str | None:
         if item.startswith(prefix):
             return item[len(prefix) :].decode(errors="replace")
     return None
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot; None if there is no such process."""
-    info = read_proc(pid)
-    return None if info is None else info.start_time
-
-
-def is_alive(pid: int, start_time: int) -> bool:
-    """True if (pid, start_time) is a running process (not a zombie, not a later reuse of the pid)."""
-    info = read_proc(pid)
-    return info is not None and info.state not in ("Z", "X", "x") and info.start_time == start_time
 
 
 @dataclass(frozen=True)

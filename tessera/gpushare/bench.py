@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessera.gpushare.attribution import proc_start_time
 from tessera.gpushare.device import DeviceInventory, GpuInfo, ProcessMemory, ProcessSample, ProcessSamples
 from tessera.gpushare.enforce import Enforcer, EnforcerConfig, SliceSpec
 from tessera.gpushare.simhelper import gpu_dir, read_records
 from tessera.gpushare.simulated import SimulatedBackend
 from tessera.gpushare.tiers import NodeProbe
+from tessera.node.procs import proc_start_time
 
 SHIM = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 OVERAGE = """

@@ -43,10 +43,11 @@ from types import FrameType
 from typing import Any
 
 from tessera.gpushare import cooperative
-from tessera.gpushare.attribution import proc_start_time, read_proc
+from tessera.gpushare.attribution import read_proc
 from tessera.gpushare.device import DeviceBackend, DeviceError, GpuInfo, open_backend
 from tessera.gpushare.enforce import EnforcementEvent, Enforcer, EnforcerConfig, SliceSpec
 from tessera.gpushare.tiers import GpuTiers, NodeProbe, TaskSlice, probe_node, tier_env
+from tessera.node.procs import proc_start_time
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_SPEC = "1xH200-141GB"

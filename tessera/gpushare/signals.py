@@ -20,8 +20,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from tessera.gpushare.attribution import is_alive
 from tessera.gpushare.simhelper import write_json_atomic
+from tessera.node.procs import is_alive
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tessera.gpushare.attribution import is_alive, proc_start_time, read_proc
+from tessera.gpushare.attribution import read_proc
+from tessera.node.procs import is_alive, proc_start_time
 
 STATE_DIR_ENV = "TESSERA_SIM_DEVICE_DIR"
 RETAIN_NS = 5_000_000_000  # kernel intervals kept per process: utilisation windows up to 5 s are exact

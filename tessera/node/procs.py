@@ -33,7 +33,7 @@ def read_stat(pid: int) -> ProcStat | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError, PermissionError):
         return None
     end = data.rfind(b")")
     if end < 0:

@@ -15,10 +15,10 @@ from tessera.gpushare.attribution import (
     SliceShim,
     attribute,
     attribute_live,
-    proc_start_time,
     read_proc,
     snapshot,
 )
+from tessera.node.procs import proc_start_time
 
 
 def children(pid: int) -> list[ProcInfo]:

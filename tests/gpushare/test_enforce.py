@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tessera.gpushare import resumer
-from tessera.gpushare.attribution import proc_start_time, read_proc
+from tessera.gpushare.attribution import read_proc
 from tessera.gpushare.device import (
     DeviceError,
     DeviceInventory,
@@ -29,6 +29,7 @@ from tessera.gpushare.enforce import EnforcementEvent, Enforcer, EnforcerConfig,
 from tessera.gpushare.signals import StopLedger
 from tessera.gpushare.simulated import SimulatedBackend
 from tessera.gpushare.tiers import NodeProbe
+from tessera.node.procs import proc_start_time
 
 GPU = "SIM-n1-0"
 # a stand-in for the task's shim: the parent every process of the task descends from

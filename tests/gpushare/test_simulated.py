@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tessera.gpushare import GpuLost, open_backend
-from tessera.gpushare.attribution import proc_start_time
 from tessera.gpushare.simhelper import STATE_DIR_ENV, SimGpu, SimGpuError, SimOutOfMemory
 from tessera.gpushare.simulated import SimulatedBackend
+from tessera.node.procs import proc_start_time
 
 
 @pytest.fixture
