@@ -124,8 +124,11 @@ def _master(tx: Tx, job_id: uuid.UUID, attempt: int, node: str) -> MasterEndpoin
     url = tx.session.execute(select(NodeRow.agent_url).where(NodeRow.name == node)).scalar_one_or_none()
     address = urlparse(url).hostname if url else None
     live = (JobState.SCHEDULED.value, JobState.STARTING.value, JobState.RUNNING.value)
+    # a job's master is on a node it holds slices on: only those jobs can hold a port there
+    there = select(AllocationRow.job_id).where(AllocationRow.node == node, AllocationRow.releasing.is_(False))
     taken = set()
-    for (status,) in tx.session.execute(select(JobRow.status).where(JobRow.state.in_(live))).all():
+    query = select(JobRow.status).where(JobRow.state.in_(live), JobRow.id.in_(there))
+    for (status,) in tx.session.execute(query).all():
         master = (status or {}).get("master")
         if master and master.get("node") == node:
             taken.add(int(master["port"]))
