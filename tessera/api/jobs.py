@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -114,6 +114,61 @@ class RetryPolicy(Model):
     max_retries: int = Field(default=0, ge=0, le=100)
 
 
+ENTRY_FORM = "package.module:function, or a script path (path/to/train.py, or path/to/train.py:function)"
+ELASTIC_GROUP = "worker"
+
+
+def _entry(value: str) -> str:
+    """Check an entry point's form: ``pkg.mod:fn``, ``script.py`` or ``script.py:fn``."""
+    target, _, function = value.strip().rpartition(":") if ":" in value else (value.strip(), "", "")
+    if not target or (function and not function.isidentifier()):
+        raise ValueError(f"{value!r} is not {ENTRY_FORM}")
+    if not target.endswith(".py") and not (function and all(p.isidentifier() for p in target.split("."))):
+        raise ValueError(f"{value!r} is not {ENTRY_FORM}")
+    return value.strip()
+
+
+class ElasticSpec(Model):
+    """An elastic Ray Train job: a per-job Ray cluster of ``min_workers``..``max_workers`` slices.
+
+    The gang is ``min_workers``; more slices are granted while free, up to ``max_workers``, and
+    are the first thing reclaimed. ``max_workers`` may exceed the cluster (it grows with it).
+    """
+
+    min_workers: int = Field(ge=1, le=1000, description="The gang: workers placed together to start.")
+    max_workers: int = Field(ge=1, le=1000, description="Most workers granted when slices are free.")
+    entry: Annotated[str, BeforeValidator(lambda v: _entry(v) if isinstance(v, str) else v)] = Field(
+        min_length=1, max_length=500, description=f"The training function: {ENTRY_FORM}."
+    )
+    config: dict[str, Any] = Field(default_factory=dict, description="Passed to train(config).")
+    storage: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Checkpoint storage: a local dir or fsspec URL; defaults to one per job.",
+    )
+    max_failures: int = Field(
+        default=3, ge=-1, le=1000, description="Worker failures Ray recovers from (-1: no limit)."
+    )
+    start_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        description="How long Ray Train waits for a worker group to start before resizing to what is there.",
+    )
+    resize_interval: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How often a healthy worker group looks for granted slices to grow into.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ElasticSpec:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) cannot exceed max_workers ({self.max_workers})"
+            )
+        if self.start_timeout.total_seconds() < 1 or self.resize_interval.total_seconds() < 1:
+            raise ValueError("start_timeout and resize_interval must be at least 1s")
+        return self
+
+
 class JobSpec(Model):
     name: Name
     project: Name = "default"
@@ -129,6 +184,7 @@ class JobSpec(Model):
     expected_runtime: Duration | None = Field(
         default=None, description="How long the job expects to run (lets it backfill); e.g. 2h."
     )
+    elastic: ElasticSpec | None = Field(default=None, description="Set for kind elastic, only then.")
     labels: Labels = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -136,6 +192,21 @@ class JobSpec(Model):
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"groups must have distinct names, got {names}")
+        if (self.kind == "elastic") != (self.elastic is not None):
+            raise ValueError(
+                "kind elastic needs the elastic section (min_workers, max_workers, entry), "
+                "and only kind elastic may have one"
+            )
+        if self.elastic is not None:
+            group = self.groups[0]
+            if len(self.groups) != 1 or group.name != ELASTIC_GROUP:
+                raise ValueError(f"an elastic job has one group, named {ELASTIC_GROUP!r}")
+            if group.replicas != self.elastic.max_workers or group.gang_size != self.elastic.min_workers:
+                raise ValueError(
+                    f"an elastic job's group has replicas = max_workers ({self.elastic.max_workers}) and "
+                    f"min_available = min_workers ({self.elastic.min_workers}), got {group.replicas} "
+                    f"and {group.gang_size}"
+                )
         return self
 
     @property
@@ -172,6 +243,12 @@ class JobStatus(Model):
     backfill_until: datetime | None = None
     master: MasterEndpoint | None = Field(
         default=None, description="Where rank 0 listens in this attempt (MASTER_ADDR, MASTER_PORT)."
+    )
+    workers: int | None = Field(
+        default=None, description="Elastic jobs: workers in Ray Train's running worker group."
+    )
+    failures: int = Field(
+        default=0, ge=0, description="Elastic jobs: worker failures Ray Train recovered from (not reclaims)."
     )
 
 

@@ -15,6 +15,8 @@ TIERS = ("mig", "driver", "mps", "hami", "watchdog", "cooperative")
 """Enforcement tiers, strongest first (DESIGN.md, "GPU sharing"); the watchdog is always there."""
 
 NODE_EVENT_REASONS = (
+    "TrainingRunning",
+    "TrainingFailed",
     "SliceMemoryExceeded",
     "Throttled",
     "UnattributedProcess",
@@ -111,6 +113,8 @@ class NodeEvent(Model):
     type: EventType = EventType.WARNING
     job_id: uuid.UUID | None = None
     at: datetime | None = None
+    workers: int | None = Field(default=None, ge=0, le=100_000, description="TrainingRunning: group size.")
+    preemption: bool = Field(default=False, description="TrainingFailed: a drained (reclaimed) node.")
 
     @field_validator("reason")
     @classmethod

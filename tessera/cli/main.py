@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import jobs, local, queues, sim, top
+from tessera.cli import elastic, jobs, local, queues, sim, top
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+elastic.register(jobs.submit_app)
 jobs.register(app)
 app.add_typer(queues.queue_app, name="queue")
 app.add_typer(sim.sim_app, name="sim")

@@ -145,6 +145,12 @@ def _contract(
     }
     if allocs:
         env["TESSERA_SLICE_ID"] = ",".join(str(a.id) for a in allocs)
+    if job.spec.elastic is not None:  # the per-job Ray cluster: rank 0 is its head (jobs/elastic)
+        group = next(g for g in job.spec.groups if g.name == task.group)
+        env["TESSERA_ELASTIC"] = job.spec.elastic.model_dump_json()
+        env["TESSERA_ELASTIC_ROLE"] = "head" if rank == 0 else "worker"
+        env["TESSERA_RAY_ADDRESS"] = f"{master[0]}:{master[1]}"
+        env["TESSERA_TASK_CPUS"] = f"{group.resources.cpu:g}"
     # CUDA_VISIBLE_DEVICES is always set: an empty value hides every GPU from a CPU-only task
     # a MIG instance is addressed by its own UUID (MIG-...), which CUDA accepts in this variable
     env["CUDA_VISIBLE_DEVICES"] = ",".join(a.mig_instance or a.gpu_uuid or "" for a in gpu_allocs)

@@ -9,6 +9,9 @@ The table is DESIGN.md's, extended where it proved incomplete:
   retry budget is spent must end rather than requeue forever.
 * ``SCHEDULED -> FAILED`` with ``StartError``: a node may refuse a task
   (image unsupported) before it reaches STARTING.
+* An elastic job may be preempted while RESIZING or RECOVERING (it holds its
+  gang all the while), and a worker may fail while it RESIZES
+  (``RESIZING -> RECOVERING``).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.STARTING: frozenset({S.SCHEDULED}),
     S.RUNNING: frozenset({S.STARTING, S.RESIZING, S.RECOVERING}),
     S.PENDING: frozenset({S.SCHEDULED, S.STARTING, S.PREEMPTED, S.RUNNING}),
-    S.PREEMPTED: frozenset({S.RUNNING}),
+    S.PREEMPTED: frozenset({S.RUNNING, S.RESIZING, S.RECOVERING}),
     S.RESIZING: frozenset({S.RUNNING}),
-    S.RECOVERING: frozenset({S.RUNNING}),
+    S.RECOVERING: frozenset({S.RUNNING, S.RESIZING}),
     S.SUCCEEDED: frozenset({S.RUNNING}),
     S.FAILED: _LIVE,
     S.CANCELLED: _LIVE,

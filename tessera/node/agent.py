@@ -31,10 +31,12 @@ from typing import IO, Any
 import httpx
 
 from tessera.api.cluster import NodeInventory
+from tessera.api.events import EventType
 from tessera.api.jobs import TaskState
 from tessera.api.usage import NodeEvent
 from tessera.gpushare.device import DeviceBackend
 from tessera.gpushare.enforce import EnforcerConfig
+from tessera.jobs.elastic import events as train_events
 from tessera.jobs.launch import TaskLaunch, launches_for
 from tessera.node import logs, shim
 from tessera.node.enforcement import NodeEnforcement, node_ended
@@ -250,6 +252,9 @@ class Agent:
                 continue
             if report is not None and self.reported.get(key) != (report["state"], report["exit_code"]):
                 reports.append((key, report))
+        for key, launch in desired.items():
+            if launch.env.get("TESSERA_ELASTIC_ROLE") == "head" and key in on_disk:
+                self._train_events(launch, on_disk[key].path)
         self._send(reports)
         if self.feed.listed:
             self._clean(on_disk)
@@ -303,6 +308,9 @@ class Agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
             env.update(launch.env)
             task_dir.mkdir(parents=True, exist_ok=True)
+            env["TESSERA_TASK_DIR"] = str(task_dir)
+            if "TESSERA_ELASTIC" in launch.env:
+                env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
             _check_master_port(launch.env)
             shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
@@ -323,6 +331,37 @@ class Agent:
         finally:
             self.launching.discard(launch.key)
             self.changed.set()
+
+    def _train_events(self, launch: TaskLaunch, path: Path) -> None:
+        """Forward what an elastic job's driver wrote about Ray Train (jobs/elastic/events.py)."""
+        found, offset = train_events.pending(path)
+        for e in found:
+            at = datetime.fromtimestamp(e.at, UTC)
+            if e.event == "running":
+                workers = e.workers or 0
+                message = f"Ray Train's worker group is training with {workers} worker(s)"
+                self._event(
+                    NodeEvent(
+                        reason="TrainingRunning",
+                        type=EventType.NORMAL,
+                        message=message,
+                        job_id=launch.job_id,
+                        at=at,
+                        workers=workers,
+                    )
+                )
+            else:
+                self._event(
+                    NodeEvent(
+                        reason="TrainingFailed",
+                        message=e.error[:1900],
+                        job_id=launch.job_id,
+                        at=at,
+                        preemption=e.preemption,
+                    )
+                )
+        if found:
+            train_events.commit(path, offset)
 
     def _event(self, event: NodeEvent) -> None:
         with self._outbox_lock:

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default=40, gt=0, description="Seconds without a heartbeat before a node is NotReady."
     )
     node_name: str | None = Field(default=None, description="This machine's node name (hostname).")
+    checkpoints: str | None = Field(
+        default=None,
+        description="Where elastic jobs' checkpoints go by default: a dir every node sees, or an "
+        "fsspec URL (s3://bucket/prefix); default home/checkpoints.",
+    )
     start_agent: bool = Field(
         default=False, description="Start (or reuse) this machine's detached node agent (tessera up)."
     )
@@ -74,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'tessera.db'}"
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.checkpoints or str(self.home / "checkpoints")
 
     @property
     def credentials_path(self) -> Path:

@@ -20,7 +20,10 @@ A cycle is numbered steps over an immutable snapshot (../shared/DESIGN.md):
    (backfill.py). Before any eviction a job tries to backfill; jobs that held
    a reservation last cycle go first, after preemptors.
 
-Step 6 (elastic resizing) is not implemented yet.
+6. Elastic jobs: before evicting anyone (step 4), a job that does not fit
+   takes back other elastic jobs' extra slices (beyond their gang); after
+   every pending job, running elastic jobs grow into what is still free, up
+   to their max (elastic.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from datetime import timedelta
 
 from tessera.api.jobs import PendingReason
 from tessera.api.resources import Resources
+from tessera.scheduler import elastic
 from tessera.scheduler.backfill import RESERVED, Reservations, reserved_message
 from tessera.scheduler.freeindex import EMPTY, LIVE, plural
 from tessera.scheduler.model import (
@@ -45,8 +49,10 @@ from tessera.scheduler.model import (
     Bind,
     Decisions,
     Eviction,
+    Grant,
     PendingJob,
     RunningJob,
+    Shrink,
     SlicePlacement,
     Snapshot,
     TaskRequest,
@@ -145,6 +151,10 @@ class _Cycle:
         self.binds: list[Bind] = []
         self.pending: dict[uuid.UUID, PendingReason] = {}
         self.evictions: list[Eviction] = []
+        self._extras = elastic.extras(running, self._gpu_memory)
+        self._shrunk: set[uuid.UUID] = set()  # elastic jobs that gave slices back this cycle
+        self.grants: list[Grant] = []
+        self.shrinks: list[Shrink] = []
 
     def run(self, jobs: Sequence[PendingJob]) -> Decisions:
         """Steps 1-4 over every pending job: what is owed first, then what is borrowed."""
@@ -168,7 +178,14 @@ class _Cycle:
         self._order = FairOrder(self.tree, deferred)
         while (job := self._order.pop()) is not None:
             self._schedule(job)
-        return Decisions(binds=tuple(self.binds), pending=self.pending, evictions=tuple(self.evictions))
+        self._grow()
+        return Decisions(
+            binds=tuple(self.binds),
+            pending=self.pending,
+            evictions=tuple(self.evictions),
+            grants=tuple(self.grants),
+            shrinks=tuple(self.shrinks),
+        )
 
     def _shape(self, res: Resources) -> Shape:
         key = shape_key(res)
@@ -220,7 +237,11 @@ class _Cycle:
                 # its victims are still stopping (their slices drain until they exit): wait for
                 # them rather than evict more
                 return self._wait(job, PREEMPTING, "waiting for the jobs it evicted to stop")
-            if self._backfill(job, shapes, gang) or self._preempt(job, shapes, gang, signature):
+            if (
+                self._backfill(job, shapes, gang)
+                or self._shrink(job, shapes, gang)
+                or self._preempt(job, shapes, gang, signature)
+            ):
                 return None
             if self._reserve(job, shapes, gang, why):
                 return None
@@ -382,7 +403,85 @@ class _Cycle:
             ws.rollback(placed[keep][2])  # the later tasks would pass the borrowing limit
         return _Attempt([p for _, ps, _ in placed[:keep] for p in ps], prefix[keep])
 
-    def _rank(self, job: PendingJob) -> Ranking | None:
+    def _shrink(self, job: PendingJob, shapes: Sequence[Shape], gang: int) -> bool:
+        """Step 6, first half: take back the fewest extra elastic slices that let the job fit."""
+        candidates = [
+            e
+            for e in self._extras
+            if e.job.job_id != job.job_id
+            and e.job.job_id not in self._shrunk
+            and e.job.job_id not in self._victims.evicted
+        ]
+        if not candidates:
+            return False
+        ws = self.live
+        mark = ws.mark()
+
+        def fits(taken: Sequence[elastic.Extra]) -> bool:
+            removed = self.tree.removal((e.job.queue, e.charge) for e in taken)
+            trial = ws.mark()
+            ok = self.attempt(job, shapes, gang, removed).why is None
+            ws.rollback(trial)
+            return ok
+
+        for extra in candidates:
+            ws.release(extra.placements, extra.host)
+        if not fits(candidates):  # not even all of them would do: take none
+            ws.rollback(mark)
+            return False
+        ws.rollback(mark)
+        taken: list[elastic.Extra] = []
+        for extra in candidates:
+            ws.release(extra.placements, extra.host)
+            taken.append(extra)
+            if fits(taken):
+                break
+        attempt = self.attempt(job, shapes, gang, self.tree.removal((e.job.queue, e.charge) for e in taken))
+        assert attempt.why is None, "the extras taken were just shown to make room"
+        ws.hold_since(mark)  # held until the extras' processes have stopped
+        ws.commit()
+        for extra in taken:
+            self.tree.add(extra.job.queue, Amounts() - extra.charge)
+            self._order.usage_changed(extra.job.queue)
+        self._charge(job.queue, attempt.charge)
+        message = elastic.shrink_message(taken, job.name)
+        for running, task_ids in elastic.by_job(taken):
+            self._shrunk.add(running.job_id)
+            self.shrinks.append(Shrink(running.job_id, running.version, task_ids, job.job_id, message))
+        names = ", ".join(sorted({f"'{e.job.name}'" for e in taken}))
+        self._wait(
+            job, PREEMPTING, f"waiting for elastic job(s) {names} to give back {plural(len(taken), 'slice')}"
+        )
+        return True
+
+    def _grow(self) -> None:
+        """Step 6, second half: running elastic jobs take free room, task by task, up to their max."""
+        ws = self.live
+        for running in elastic.growable(list(self._snapshot.running)):
+            if running.job_id in self._shrunk or running.job_id in self._victims.evicted:
+                continue
+            assert running.elastic is not None
+            rank = self._rank(running)
+            cursors: dict[ShapeKey, int] = {}
+            placed: list[SlicePlacement] = []
+            for task in running.elastic.growable:
+                mark = ws.mark()
+                placements = ws.place_task(task, cursors, rank)
+                if placements is None:
+                    break
+                charge = Amounts(
+                    gpu_charge(placements, self._gpu_memory), task.resources.cpu, float(task.resources.memory)
+                )
+                if self._breach(running.queue, charge, None) is not None:
+                    ws.rollback(mark)
+                    break
+                ws.commit()
+                self._charge(running.queue, charge)
+                placed += placements
+            if placed:
+                self.grants.append(Grant(running.job_id, running.version, tuple(placed)))
+
+    def _rank(self, job: PendingJob | RunningJob) -> Ranking | None:
         """The job's placement policy (its queue's, an ancestor's, or the cluster's) and locality."""
         name = self._snapshot.placement
         queue = self._placements.get(job.queue)

@@ -34,6 +34,39 @@ def node_holds(resources: Resources, node: NodeInventory) -> bool:
     return fitting >= resources.gpu_count
 
 
+def _tasks_on_gpu(resources: Resources, gpu: Gpu) -> int:
+    """How many one-GPU tasks of this size an empty GPU holds at once."""
+    if not _gpu_holds(resources, gpu):
+        return 0
+    if resources.kind is GpuKind.MIG:
+        return sum(1 for m in gpu.mig_instances if m.profile == resources.mig_profile)
+    if resources.kind not in (GpuKind.SLICE, GpuKind.FRACTION):
+        return 1
+    memory, compute = resources.demand_on(gpu.memory_mib)
+    by_memory = gpu.memory_mib // memory if memory else 10_000
+    by_compute = int(100 // compute) if compute else 10_000
+    return int(min(by_memory, by_compute))
+
+
+def node_capacity(resources: Resources, node: NodeInventory) -> int:
+    """How many tasks of this size an empty node holds at once (its CPU, memory and GPUs)."""
+    limits = []
+    if resources.cpu > 0:
+        limits.append(int(node.cpu // resources.cpu))
+    if resources.memory > 0:
+        limits.append(int(node.memory // resources.memory))
+    if resources.kind is not GpuKind.NONE:
+        per_gpu = [_tasks_on_gpu(resources, gpu) for gpu in node.gpus]
+        # whole GPUs may be several per task; every other kind is one slice of one GPU
+        limits.append(sum(per_gpu) // max(1, resources.gpu_count))
+    return min(limits) if limits else 10_000
+
+
+def cluster_holds(resources: Resources, nodes: list[NodeInventory]) -> int:
+    """How many tasks of this size the whole cluster, emptied, could hold at once."""
+    return sum(node_capacity(resources, node) for node in nodes)
+
+
 def why_unplaceable(resources: Resources, nodes: list[NodeInventory]) -> str | None:
     """None if some node could hold the task; else a message naming what is missing."""
     if any(node_holds(resources, node) for node in nodes):

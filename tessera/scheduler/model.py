@@ -206,6 +206,18 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True)
+class ElasticRun:
+    """What an elastic job may grow into and give back (step 6)."""
+
+    min_workers: int
+    max_workers: int
+    # bound tasks beyond the gang, in the order they are given back (newest grant first)
+    extras: tuple[TaskRequest, ...] = ()
+    # unbound tasks it may still be granted, in order, up to max_workers in all
+    growable: tuple[TaskRequest, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RunningJob:
     """A placed job (bound, starting or running): what evicting it would free and cost.
 
@@ -224,6 +236,9 @@ class RunningJob:
     host_usage: tuple[tuple[str, float, int], ...] = ()  # (node, cpu, memory MiB) per task
     expected_runtime_s: float | None = None
     backfill_until: datetime | None = None  # admitted as a backfill that should end by then
+    elastic: ElasticRun | None = None
+    version: int = 0  # the job's version this was derived from (grants and shrinks are conditional)
+    locality: tuple[tuple[str, float], ...] = ()
 
     @property
     def expected_end(self) -> datetime | None:
@@ -244,12 +259,37 @@ class Eviction:
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """Give a running elastic job more slices (one task each), up to its max_workers."""
+
+    job_id: uuid.UUID
+    version: int
+    placements: tuple[SlicePlacement, ...]
+
+    def task_nodes(self) -> dict[uuid.UUID, str]:
+        return {p.task_id: p.node for p in self.placements}
+
+
+@dataclass(frozen=True, slots=True)
+class Shrink:
+    """Take back an elastic job's extra slices (never below its gang) so ``for_job`` fits."""
+
+    job_id: uuid.UUID
+    version: int
+    task_ids: tuple[uuid.UUID, ...]
+    for_job: uuid.UUID
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     """What a cycle decided: jobs to bind, and why every other pending job waits."""
 
     binds: tuple[Bind, ...]
     pending: dict[uuid.UUID, PendingReason]
     evictions: tuple[Eviction, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    shrinks: tuple[Shrink, ...] = ()
 
 
 @runtime_checkable

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from tessera.api.jobs import JobState, JobStatus, PendingReason
 from tessera.platform.controllers.view import ClusterView, load_view
 from tessera.platform.services.common import put
+from tessera.platform.services.elastic import grant_slices, shrink_job
 from tessera.platform.services.execution import bind_job, evict_job
 from tessera.platform.services.jobs import render_job
-from tessera.platform.store.db import Database
+from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.feed import Compacted, changes_after
 from tessera.platform.store.rows import JobRow
 from tessera.platform.store.types import utcnow
@@ -78,7 +81,7 @@ class SchedulingLoop:
         snapshot = self.view.snapshot(now)
         decisions = self.scheduler.cycle(snapshot)
         self._apply(decisions)
-        self._dirty = bool(decisions.binds)  # after binds, look again next time
+        self._dirty = bool(decisions.binds or decisions.grants or decisions.shrinks)  # look again next time
         # nothing in the store changes when a backfill runs past its time, but a holder may then evict it
         ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
         self._wake_at = min(ends, default=None)
@@ -97,6 +100,10 @@ class SchedulingLoop:
             self._dirty = True
         if decisions.binds:
             self._bind(decisions.binds)
+        for shrink in decisions.shrinks:
+            self._resize(shrink_job, shrink)
+        for grant in decisions.grants:
+            self._resize(grant_slices, grant)
         stale = {
             job_id: reason
             for job_id, reason in decisions.pending.items()
@@ -106,6 +113,17 @@ class SchedulingLoop:
         }
         if stale:
             self._write_reasons(stale)
+
+    def _resize(self, apply: Callable[[Tx, Any], bool], decision: model.Grant | model.Shrink) -> None:
+        try:
+            with self.db.write() as tx:
+                done = apply(tx, decision)
+        except Exception:
+            log.exception("resizing job %s failed", decision.job_id)
+            done = False
+        if not done:
+            log.info("resizing job %s refused: it changed since the snapshot", decision.job_id)
+        self._dirty = True  # applied or refused, the next cycle looks again
 
     def _bind(self, binds: tuple[model.Bind, ...]) -> None:
         """All of a cycle's binds in one transaction (one revision), each in its own savepoint,

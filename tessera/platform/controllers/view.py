@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeState
 from tessera.api.events import Change
-from tessera.api.jobs import Allocation, Job, JobState
+from tessera.api.jobs import Allocation, Job, JobState, Task, TaskState
 from tessera.api.queues import Queue
 from tessera.api.resources import ResourceAmounts
 from tessera.platform.services import convert
@@ -208,6 +208,8 @@ def _derive(job: Job) -> _Derived:
             model.TaskRequest(task_id=t.id, group=t.group, index=t.index, resources=groups[t.group].resources)
             for t in sorted(job.tasks, key=lambda t: (t.group, t.index))
         )
+        if job.spec.elastic is not None:  # replacements of retired workers: still max_workers in all
+            tasks = tasks[: job.spec.elastic.max_workers]
         reason = job.status.pending_reason
         pending = model.PendingJob(
             job_id=job.id,
@@ -259,8 +261,39 @@ def _derive(job: Job) -> _Derived:
         host_usage=hosts,
         expected_runtime_s=_seconds(job.spec.expected_runtime),
         backfill_until=job.status.backfill_until,
+        elastic=_elastic(job, bound),
+        version=job.version,
     )
     return _Derived(None, running, tuple(gpus), hosts, None)
+
+
+_GROWS = frozenset({JobState.RUNNING, JobState.RESIZING})
+_SHRINKS = frozenset({JobState.RUNNING, JobState.RESIZING, JobState.RECOVERING})
+
+
+def _elastic(job: Job, bound: set[uuid.UUID]) -> model.ElasticRun | None:
+    """An elastic job's extras (bound beyond the gang, newest first) and what it may still grow into."""
+    spec = job.spec.elastic
+    if spec is None:
+        return None
+    resources = job.spec.groups[0].resources
+
+    def request(t: Task) -> model.TaskRequest:
+        return model.TaskRequest(task_id=t.id, group=t.group, index=t.index, resources=resources)
+
+    holding = sorted((t for t in job.tasks if t.id in bound), key=lambda t: t.index, reverse=True)
+    extras = holding[: max(0, len(holding) - spec.min_workers)] if job.status.state in _SHRINKS else []
+    room = spec.max_workers - len(holding)
+    free = sorted(
+        (t for t in job.tasks if t.id not in bound and t.state is TaskState.PENDING), key=lambda t: t.index
+    )
+    growable = free[: max(0, room)] if job.status.state in _GROWS else []
+    return model.ElasticRun(
+        min_workers=spec.min_workers,
+        max_workers=spec.max_workers,
+        extras=tuple(request(t) for t in extras),
+        growable=tuple(request(t) for t in growable),
+    )
 
 
 def _gpu_use(a: Allocation) -> _GpuUse:

@@ -12,7 +12,7 @@ from tessera.api.events import Event
 from tessera.api.jobs import CancelJobRequest, Explanation, Job, JobState, SubmitJobRequest
 from tessera.api.usage import JobUsage
 from tessera.platform.auth import UserPrincipal
-from tessera.platform.deps import DbDep
+from tessera.platform.deps import DbDep, SettingsDep
 from tessera.platform.services import events as event_service
 from tessera.platform.services import jobs as service
 from tessera.platform.services import usage as usage_service
@@ -26,12 +26,15 @@ ProjectQuery = Annotated[str, Query(description="Project of a job addressed by n
 async def submit_job(
     req: SubmitJobRequest,
     db: DbDep,
+    settings: SettingsDep,
     caller: UserPrincipal,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Job:
     """Submit a job. Retrying with the same ``Idempotency-Key`` returns the first job (200)."""
-    job, created = await run_in_threadpool(service.submit_job, db, caller, req, idempotency_key)
+    job, created = await run_in_threadpool(
+        service.submit_job, db, caller, req, idempotency_key, settings.checkpoint_root
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"

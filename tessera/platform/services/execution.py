@@ -26,6 +26,7 @@ from tessera.api.jobs import (
 from tessera.api.queues import Enforcement, SlicePolicy, resolve_enforcement
 from tessera.jobs.launch import master_port
 from tessera.platform.services.common import put
+from tessera.platform.services.elastic import retire
 from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, QueueRow, TaskRow
@@ -63,13 +64,14 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     states = session.execute(select(NodeRow.state).where(NodeRow.name.in_(placed_on))).scalars().all()
     if len(states) != len(placed_on) or any(s != NodeState.READY.value for s in states):
         return False  # the snapshot predates a node going NotReady (or away)
-    if not _capacity_holds(tx, bind):
+    if not capacity_holds(tx, bind):
         log.warning("bind of %s refused: capacity changed since the snapshot", job_id)
         return False
     attempt = JobStatus.model_validate(row.status).attempt
     task_nodes = bind.task_nodes()
     tasks = {t.id: t for t in session.execute(select(TaskRow).where(TaskRow.job_id == job_id)).scalars()}
-    gang = sum(g.gang_size for g in JobSpec.model_validate(row.spec).groups)
+    spec = JobSpec.model_validate(row.spec)
+    gang = sum(g.gang_size for g in spec.groups)
     if not set(task_nodes) <= set(tasks) or len(task_nodes) < gang:
         return False  # at least the gang, together; never a partial gang
     policy = slice_policy(tx, row.queue).model_dump(mode="json")
@@ -101,7 +103,7 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     session.flush()
     message = f"bound to {', '.join(nodes)}"
     update: dict[str, Any] = {}
-    if len(task_nodes) > 1:  # rank 0's endpoint, for the torch launch contract
+    if len(task_nodes) > 1 or spec.elastic is not None:  # rank 0's endpoint (torch; the Ray head)
         first = min(task_nodes, key=lambda t: (tasks[t].group_name, tasks[t].index))
         update["master"] = _master(tx, job_id, attempt, task_nodes[first])
     if bind.backfill_until is not None:
@@ -147,7 +149,7 @@ def slice_policy(tx: Tx, queue: str) -> SlicePolicy:
     return resolve_enforcement(chain)
 
 
-def _capacity_holds(tx: Tx, bind: Bind) -> bool:
+def capacity_holds(tx: Tx, bind: Bind) -> bool:
     nodes = {p.node for p in bind.placements}
     inventories = {
         name: NodeInventory.model_validate(inv)
@@ -300,6 +302,9 @@ def _advance(tx: Tx, job: JobRow) -> None:
     if state is JobState.STARTING and all(started):
         apply_transition(tx, job, JobState.RUNNING, message=f"all {len(tasks)} task(s) started")
         state = JobState.RUNNING
+    if job.spec.get("elastic") and state in (JobState.RUNNING, JobState.RESIZING, JobState.RECOVERING):
+        _advance_elastic(tx, job, tasks, state)
+        return
     if state is not JobState.RUNNING:
         return
     failed = [t for t in tasks if t.state == TaskState.FAILED.value]
@@ -315,6 +320,50 @@ def _advance(tx: Tx, job: JobRow) -> None:
     elif all(s is TaskState.SUCCEEDED for s in states):
         apply_transition(
             tx, job, JobState.SUCCEEDED, message=f"all {len(tasks)} task(s) exited 0", exit_code=0
+        )
+
+
+def _advance_elastic(tx: Tx, job: JobRow, tasks: list[TaskRow], state: JobState) -> None:
+    """An elastic job lives while its head (rank 0: the Ray head and driver) does; other workers
+    that exit are retired (their slice freed, a fresh task in their place) and Ray Train goes on."""
+    head = min(tasks, key=lambda t: t.index)
+    if head.state in (TaskState.SUCCEEDED.value, TaskState.FAILED.value):
+        if state is not JobState.RUNNING:
+            apply_transition(tx, job, JobState.RUNNING, message=f"the driver exited while {state.value}")
+        if head.state == TaskState.SUCCEEDED.value:
+            apply_transition(
+                tx,
+                job,
+                JobState.SUCCEEDED,
+                message="the driver (rank 0) finished: training complete",
+                exit_code=0,
+            )
+        else:
+            what = f"the driver ({head.group_name}-{head.index}) exited with code {head.exit_code}"
+            _fail_or_retry(
+                tx, job, TerminalReason(head.reason or TerminalReason.ERROR.value), what, head.exit_code
+            )
+        return
+    ended = [
+        t for t in tasks if t is not head and t.state in (TaskState.SUCCEEDED.value, TaskState.FAILED.value)
+    ]
+    for task in ended:
+        why = f"{task.group_name}-{task.index} exited with code {task.exit_code}"
+        retire(tx, job, task.id, TaskState(task.state), f"{why}; the job goes on with its other workers")
+    if ended:
+        put(tx, "job", job, lambda r: render_job(tx.session, r))
+        return
+    status = JobStatus.model_validate(job.status)
+    releasing = tx.session.execute(
+        select(AllocationRow.id)
+        .where(AllocationRow.job_id == job.id, AllocationRow.releasing.is_(True))
+        .limit(1)
+    ).first()
+    settled = all(t.state == TaskState.RUNNING.value for t in tasks) and releasing is None
+    if state is JobState.RESIZING and settled and status.workers == len(tasks):
+        # every slice it holds runs a Ray node and the worker group has that size already
+        apply_transition(
+            tx, job, JobState.RUNNING, reason="Resized", message=f"running with {len(tasks)} workers"
         )
 
 
@@ -403,7 +452,7 @@ def evict_job(tx: Tx, job_id: uuid.UUID, version: int, reason: str, message: str
     if row is None or row.version != version:
         return False
     state = JobState(row.state)
-    if state is JobState.RUNNING:
+    if state in (JobState.RUNNING, JobState.RESIZING, JobState.RECOVERING):
         apply_transition(tx, row, JobState.PREEMPTED, reason=reason, message=message)
     elif state not in (JobState.SCHEDULED, JobState.STARTING):
         return False

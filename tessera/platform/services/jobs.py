@@ -14,8 +14,10 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tessera.api.cluster import NodeInventory
 from tessera.api.identity import Role
 from tessera.api.jobs import (
+    ElasticSpec,
     Job,
     JobSpec,
     JobState,
@@ -25,6 +27,7 @@ from tessera.api.jobs import (
     TaskState,
     TerminalReason,
 )
+from tessera.api.resources import Resources
 from tessera.jobs import pending
 from tessera.jobs.states import transition
 from tessera.platform.auth import Principal
@@ -44,7 +47,7 @@ from tessera.platform.store.rows import (
     UserRow,
 )
 from tessera.platform.store.types import utcnow
-from tessera.scheduler.feasibility import why_unplaceable
+from tessera.scheduler.feasibility import cluster_holds, why_unplaceable
 
 MAX_PAGE = 500
 
@@ -185,7 +188,11 @@ def _generated_name(req: SubmitJobRequest) -> str:
 
 
 def submit_job(
-    db: Database, caller: Principal, req: SubmitJobRequest, idempotency_key: str | None = None
+    db: Database,
+    caller: Principal,
+    req: SubmitJobRequest,
+    idempotency_key: str | None = None,
+    checkpoint_root: str | None = None,
 ) -> tuple[Job, bool]:
     """Store a new job (PENDING). Returns (job, created); a repeated idempotency
     key returns the first job and creates nothing."""
@@ -199,7 +206,7 @@ def submit_job(
                 first = _replay(tx, caller, idempotency_key, request_hash)
                 if first is not None:
                     return first, False
-            return _insert(tx, caller, req, idempotency_key, request_hash), True
+            return _insert(tx, caller, req, idempotency_key, request_hash, checkpoint_root), True
     except IntegrityError:
         if idempotency_key:
             with db.write() as tx:
@@ -234,7 +241,14 @@ def _replay(tx: Tx, caller: Principal, key: str, request_hash: str) -> Job | Non
     return render_job(tx.session, row)
 
 
-def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, request_hash: str) -> Job:
+def _insert(
+    tx: Tx,
+    caller: Principal,
+    req: SubmitJobRequest,
+    key: str | None,
+    request_hash: str,
+    checkpoint_root: str | None = None,
+) -> Job:
     session = tx.session
     project = session.execute(select(ProjectRow).where(ProjectRow.name == req.project)).scalar_one_or_none()
     if project is None:
@@ -274,6 +288,8 @@ def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, r
                 f"no registered node could ever hold a task of group {group.name!r}: {reason}",
                 field=f"groups.{i}.resources",
             )
+    if spec.elastic is not None:
+        _check_elastic(spec.elastic, spec.groups[0].resources, nodes)
     now = utcnow()
     status = JobStatus(
         state=JobState.PENDING,
@@ -294,6 +310,11 @@ def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, r
     )
     session.add(row)
     session.flush()
+    if spec.elastic is not None and spec.elastic.storage is None and checkpoint_root:
+        # every attempt and every node of the job reads and writes this one place
+        storage = f"{checkpoint_root.rstrip('/')}/{project.name}/{name}-{str(row.id)[:8]}"
+        spec.elastic.storage = storage
+        row.spec = spec.model_dump(mode="json")
     for group in spec.groups:
         for index in range(group.replicas):
             session.add(
@@ -327,6 +348,20 @@ def _insert(tx: Tx, caller: Principal, req: SubmitJobRequest, key: str | None, r
         to_state=JobState.PENDING.value,
     )
     return job
+
+
+def _check_elastic(elastic: ElasticSpec, resources: Resources, nodes: list[NodeInventory]) -> None:
+    """An elastic job's min_workers must fit the registered cluster; max_workers may exceed it."""
+    if not nodes:
+        return
+    most = cluster_holds(resources, nodes)
+    if elastic.min_workers > most:
+        raise Invalid(
+            f"min_workers {elastic.min_workers} is more than the whole cluster could ever hold at once "
+            f"({most} worker(s) of this size on {len(nodes)} node(s)); lower --min-workers "
+            f"(max_workers may exceed the cluster: the job grows when it does)",
+            field="elastic.min_workers",
+        )
 
 
 # read ----------------------------------------------------------------------------------

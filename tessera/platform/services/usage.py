@@ -13,6 +13,7 @@ from tessera.api.usage import JobUsage, NodeEvent, NodeUsage, SliceUsage
 from tessera.platform.auth import Principal
 from tessera.platform.problems import NotFound
 from tessera.platform.services.common import emit, put
+from tessera.platform.services.elastic import train_event
 from tessera.platform.services.jobs import find_job, render_job
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, JobRow, NodeRow, ProjectRow, TaskRow
@@ -56,6 +57,9 @@ def record_events(db: Database, node: str, events: list[NodeEvent]) -> int:
             job = _job_on(tx, event.job_id, node) if event.job_id else None
             if event.job_id is not None and job is None:
                 continue  # not (or no longer) this node's job: a node writes only about its own
+            if job is not None and train_event(tx, job, event):
+                written += 1
+                continue
             if job is not None:
                 project = tx.session.get(ProjectRow, job.project_id)
                 emit(

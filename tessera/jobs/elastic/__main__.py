@@ -1,0 +1,3 @@
+from tessera.jobs.elastic.node import main
+
+raise SystemExit(main())
