@@ -9,6 +9,10 @@ every worker reports its loss; after any restart (a grow, a shrink, a failed
 worker) training resumes from the latest checkpoint, so at most the steps
 since it are redone. The global batch is split across however many workers
 there are, so the work per step is the same at any size.
+
+Config: ``steps``, ``lr``, ``global_batch``, ``checkpoint_every``,
+``step_seconds`` (simulated work per step) and ``stop_file``: once that file
+exists (a path every worker sees), training ends at the next checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ def _batch(step: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]
     return x, x @ TRUE_W + 0.01 * torch.randn(size, generator=g)
 
 
+def _agreed(flag: bool) -> bool:
+    """True on every rank if it is true on any (ranks must stop at the same step)."""
+    value = torch.tensor([1.0 if flag else 0.0])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def train(config: dict[str, Any]) -> None:
     steps = int(config.get("steps", 200))
     every = int(config.get("checkpoint_every", 10))
@@ -49,6 +61,7 @@ def train(config: dict[str, Any]) -> None:
     model = prepare_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=float(config.get("lr", 0.05)))
     per_worker = max(1, int(config.get("global_batch", 64)) // world)
+    stop_file = config.get("stop_file")
     for step in range(start, steps):
         x, y = _batch(step, rank, per_worker)
         loss = torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
@@ -57,6 +70,7 @@ def train(config: dict[str, Any]) -> None:
         opt.step()
         time.sleep(delay)
         metrics = {"step": step, "loss": float(loss), "workers": world}
+        # every report is a round trip through Ray Train: report (and checkpoint) every few steps
         if step % every == every - 1 or step == steps - 1:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
@@ -65,5 +79,5 @@ def train(config: dict[str, Any]) -> None:
                     torch.save({"model": inner.state_dict(), "step": step}, os.path.join(tmp, "state.pt"))
                     checkpoint = Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint)
-        else:
-            ray.train.report(metrics)
+            if stop_file and _agreed(os.path.exists(stop_file)):
+                return

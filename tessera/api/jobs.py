@@ -150,11 +150,11 @@ class ElasticSpec(Model):
         default=3, ge=-1, le=1000, description="Worker failures Ray recovers from (-1: no limit)."
     )
     start_timeout: Duration = Field(
-        default=timedelta(seconds=30),
+        default=timedelta(seconds=15),
         description="How long Ray Train waits for a worker group to start before resizing to what is there.",
     )
     resize_interval: Duration = Field(
-        default=timedelta(seconds=5),
+        default=timedelta(seconds=2),
         description="How often a healthy worker group looks for granted slices to grow into.",
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -114,7 +115,10 @@ class NodeEvent(Model):
     job_id: uuid.UUID | None = None
     at: datetime | None = None
     workers: int | None = Field(default=None, ge=0, le=100_000, description="TrainingRunning: group size.")
-    preemption: bool = Field(default=False, description="TrainingFailed: a drained (reclaimed) node.")
+    source: Literal["worker", "preemption", "controller"] | None = Field(
+        default=None,
+        description="TrainingFailed: what Ray Train charged it to; only worker failures spend the budget.",
+    )
 
     @field_validator("reason")
     @classmethod

@@ -61,8 +61,8 @@ def submit_elastic(
     ] = 3,
     start_timeout: Annotated[
         str, typer.Option(help="Worker-group start timeout before Ray resizes to what is there.")
-    ] = "30s",
-    resize_interval: Annotated[str, typer.Option(help="How often to look for granted slices.")] = "5s",
+    ] = "15s",
+    resize_interval: Annotated[str, typer.Option(help="How often to look for granted slices.")] = "2s",
     gpus: Annotated[float | None, typer.Option(help="GPUs per worker: 1, or a fraction like 0.5.")] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Slice memory per worker, e.g. 4Gi.")] = None,
     gpu_compute: Annotated[int | None, typer.Option(help="Slice compute percent per worker.")] = None,

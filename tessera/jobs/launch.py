@@ -151,6 +151,7 @@ def _contract(
         env["TESSERA_ELASTIC_ROLE"] = "head" if rank == 0 else "worker"
         env["TESSERA_RAY_ADDRESS"] = f"{master[0]}:{master[1]}"
         env["TESSERA_TASK_CPUS"] = f"{group.resources.cpu:g}"
+        env["TESSERA_TASK_MEMORY_MIB"] = str(group.resources.memory)
     # CUDA_VISIBLE_DEVICES is always set: an empty value hides every GPU from a CPU-only task
     # a MIG instance is addressed by its own UUID (MIG-...), which CUDA accepts in this variable
     env["CUDA_VISIBLE_DEVICES"] = ",".join(a.mig_instance or a.gpu_uuid or "" for a in gpu_allocs)

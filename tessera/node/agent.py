@@ -313,7 +313,15 @@ class Agent:
                 env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
             _check_master_port(launch.env)
-            shim.launch(task_dir, launch.argv, env, cwd=launch.cwd, grace_seconds=self.config.grace_seconds)
+            shim.launch(
+                task_dir,
+                launch.argv,
+                env,
+                cwd=launch.cwd,
+                grace_seconds=self.config.grace_seconds,
+                # an elastic job's node drains itself from its Ray cluster before it stops its raylet
+                term_main_only="TESSERA_ELASTIC" in launch.env,
+            )
         except Exception as exc:
             log.exception("could not launch %s", launch.key)
             task_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +365,7 @@ class Agent:
                         message=e.error[:1900],
                         job_id=launch.job_id,
                         at=at,
-                        preemption=e.preemption,
+                        source=e.source if e.source in ("worker", "preemption", "controller") else "worker",
                     )
                 )
         if found:

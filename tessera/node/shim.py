@@ -123,6 +123,7 @@ def launch(
     env: dict[str, str],
     cwd: str | None = None,
     grace_seconds: float = 10,
+    term_main_only: bool = False,
 ) -> ShimState:
     """Start a detached shim running `argv` and return its state once the task has started (or failed to).
 
@@ -132,6 +133,9 @@ def launch(
     has a zombie or a child to wait for. Waits up to ~10 s for ``state.json`` to show the task's pid or a
     start error; if the shim is still alive but slow, returns the partial state (pid None). Raises
     RuntimeError if a live shim already owns `task_dir` or if the shim dies without recording anything.
+    With `term_main_only`, a stop SIGTERMs the main process alone (as Kubernetes signals a container's
+    PID 1), for tasks that stop their own children in order; whatever is left when it exits, or when
+    the grace period ends, is terminated as usual.
     """
     if not argv:
         raise ValueError("argv must not be empty")
@@ -142,7 +146,8 @@ def launch(
         raise RuntimeError(f"a shim (pid {old.shim_pid}) is still running in {task_dir}")
     # A stale state.json from an earlier run would otherwise be mistaken for the new shim's.
     (task_dir / STATE_FILE).unlink(missing_ok=True)
-    _write_json_atomic(task_dir / SPEC_FILE, {"argv": list(argv), "env": dict(env), "cwd": cwd})
+    spec = {"argv": list(argv), "env": dict(env), "cwd": cwd, "term_main_only": term_main_only}
+    _write_json_atomic(task_dir / SPEC_FILE, spec)
 
     cmd = [
         sys.executable,
@@ -218,8 +223,15 @@ class _Supervisor:
     """Runs one task to completion; single-threaded, event loop driven by a signal wakeup pipe."""
 
     def __init__(
-        self, task_dir: Path, argv: list[str], env: dict[str, str] | None, cwd: str | None, grace: float
+        self,
+        task_dir: Path,
+        argv: list[str],
+        env: dict[str, str] | None,
+        cwd: str | None,
+        grace: float,
+        term_main_only: bool = False,
     ) -> None:
+        self.term_main_only = term_main_only
         self.task_dir = task_dir
         self.argv = argv
         self.env = env
@@ -354,7 +366,13 @@ class _Supervisor:
             now = time.monotonic()
             if self.stop_requested and term_deadline is None:
                 log.info("stop requested: SIGTERM to the task, SIGKILL in %.1fs", self.grace)
-                self._signal_all(signal.SIGTERM)
+                if self.term_main_only and self.main_pid is not None and self.main_status is None:
+                    try:
+                        os.kill(self.main_pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                else:
+                    self._signal_all(signal.SIGTERM)
                 term_deadline = now + self.grace
             if self.main_status is not None and not cleanup_started:
                 cleanup_started = True
@@ -447,7 +465,8 @@ def main(args: list[str] | None = None) -> int:
         format=f"%(asctime)s shim[{os.getpid()}] %(levelname)s %(message)s",
     )
     try:
-        return _Supervisor(task_dir, argv, env, cwd, ns.grace).run()
+        term_main_only = bool(spec.get("term_main_only", False))
+        return _Supervisor(task_dir, argv, env, cwd, ns.grace, term_main_only).run()
     except Exception:
         log.exception("shim failed")
         return 1

@@ -133,14 +133,16 @@ def test_grow_shrink_recover_and_finish(api: Api) -> None:
     loop.step()
     assert get(api, "urgent")["status"]["state"] == "SCHEDULED"
     # Ray Train saw a drained (preempted) node: not a failure of the job's
-    train_event(api, token, job, "TrainingFailed", preemption=True, message="node drained")
+    train_event(api, token, job, "TrainingFailed", source="preemption", message="node drained")
     train_event(api, token, job, "TrainingRunning", workers=1)
     job = get(api, "el")
     assert job["status"]["state"] == "RUNNING" and job["status"]["failures"] == 0
     assert any(e["message"] == "Resized 2 -> 1 workers" for e in events(api, "el"))
 
     # a real worker failure: RECOVERING until Ray Train runs again, and counted
-    train_event(api, token, job, "TrainingFailed", message="worker died")
+    train_event(api, token, job, "TrainingFailed", source="controller", message="start timed out")
+    assert get(api, "el")["status"]["state"] == "RUNNING"
+    train_event(api, token, job, "TrainingFailed", source="worker", message="worker died")
     job = get(api, "el")
     assert job["status"]["state"] == "RECOVERING" and job["status"]["failures"] == 1
     train_event(api, token, job, "TrainingRunning", workers=1)

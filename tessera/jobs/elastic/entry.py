@@ -56,10 +56,11 @@ def _load_script(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    try:  # the workers do not have the script: send its functions by value
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-    except (ImportError, ValueError):
-        pass
+    # the workers do not have the script: send its functions by value (Ray pickles with its own
+    # copy of cloudpickle)
+    for pickler in ("ray.cloudpickle", "cloudpickle"):
+        try:
+            importlib.import_module(pickler).register_pickle_by_value(module)
+        except (ImportError, ValueError):
+            continue
     return module

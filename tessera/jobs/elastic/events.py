@@ -25,10 +25,11 @@ class TrainEvent:
     event: str  # running | failed | report
     at: float
     workers: int | None = None
-    preemption: bool = False
+    source: str = ""  # failed: worker, preemption or controller (driver.failure_source)
     error: str = ""
     step: int | None = None
     metrics: dict[str, float] | None = None
+    checkpoint: bool = False
 
 
 def append(path: Path, event: str, **fields: Any) -> None:
@@ -60,10 +61,11 @@ def read(path: Path, offset: int = 0) -> tuple[list[TrainEvent], int]:
                     event=str(record["event"]),
                     at=float(record["at"]),
                     workers=int(record["workers"]) if record.get("workers") is not None else None,
-                    preemption=bool(record.get("preemption", False)),
+                    source=str(record.get("source", "")),
                     error=str(record.get("error", ""))[:1000],
                     step=int(record["step"]) if record.get("step") is not None else None,
                     metrics={k: float(v) for k, v in (record.get("metrics") or {}).items()},
+                    checkpoint=bool(record.get("checkpoint", False)),
                 )
             )
         except (ValueError, KeyError, TypeError):

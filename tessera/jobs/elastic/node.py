@@ -38,8 +38,19 @@ from tessera.api.jobs import ElasticSpec
 log = logging.getLogger("tessera.elastic")
 SLICE_RESOURCE = "tessera_slice"
 HEAD_WAIT_S = 60.0
-DRAIN_DEADLINE_S = 20.0  # how long a reclaimed node gives Ray Train before it stops
+# How long a reclaimed node gives Ray Train: Train stops the node's worker at the deadline and counts
+# a node that dies after it as preempted (before it: as a failure). Inside the agent's stop grace.
+DRAIN_DEADLINE_S = 5.0
 STOP_GRACE_S = 10.0
+OBJECT_STORE_MIN = 100 * 1024 * 1024
+SIMULATED_ENV = "TESSERA_SIM_DEVICE_DIR"  # set on tasks of a simulated device (gpushare.simhelper)
+
+
+def real_gpus() -> list[str]:
+    """The slice's GPUs, unless they are simulated (then Ray sees none and training uses the CPU)."""
+    if os.environ.get(SIMULATED_ENV):
+        return []
+    return [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
 
 
 def ray_binary() -> str:
@@ -74,6 +85,9 @@ def ray_env() -> dict[str, str]:
     # token shared by every node of the job, which this per-job cluster does not distribute yet
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # SIGTERM stops a node at once: a worker drains itself first (drain_self), and a head
+    # otherwise waits out its detached actors for ~40 s
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     cwd = os.getcwd()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     return env
@@ -81,7 +95,10 @@ def ray_env() -> dict[str, str]:
 
 def start_command(head: bool, host: str, port: int, tmp: Path) -> list[str]:
     cpus = max(1, math.ceil(float(os.environ.get("TESSERA_TASK_CPUS", "1"))))
-    gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+    gpus = real_gpus()
+    # the object store is shared memory out of the slice's host memory: a share, not Ray's 30% of RAM
+    memory_mib = int(os.environ.get("TESSERA_TASK_MEMORY_MIB", "1024"))
+    store = max(OBJECT_STORE_MIN, memory_mib * 1024 * 1024 * 3 // 10)
     argv = [
         ray_binary(),
         "start",
@@ -91,6 +108,7 @@ def start_command(head: bool, host: str, port: int, tmp: Path) -> list[str]:
         f"--num-gpus={len(gpus)}",
         f"--resources={json.dumps({SLICE_RESOURCE: 1})}",
         f"--node-ip-address={host}",
+        f"--object-store-memory={store}",
         f"--dashboard-agent-listen-port={free_port(host)}",
         f"--metrics-export-port={free_port(host)}",
     ]
@@ -100,15 +118,15 @@ def start_command(head: bool, host: str, port: int, tmp: Path) -> list[str]:
             f"--port={port}",
             f"--temp-dir={tmp}",
             "--include-dashboard=false",
-            f"--ray-client-server-port={free_port(host)}",
+            "--no-monitor",  # no autoscaler: Tessera grants the nodes
         ]
     else:
         argv += [f"--address={host}:{port}", f"--temp-dir={tmp}"]
     return argv
 
 
-def _wait_for(host: str, port: int, until: float) -> bool:
-    while time.monotonic() < until:
+def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes]) -> bool:
+    while time.monotonic() < until and proc.poll() is None:
         try:
             with socket.create_connection((host, port), timeout=1):
                 return True
@@ -135,7 +153,7 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> int:
     return proc.returncode
 
 
-def drain_self(address: str, node_ip: str, tmp: Path, deadline_s: float) -> bool:
+def drain_self(address: str, tmp: Path, deadline_s: float) -> bool:
     """Tell Ray this node is being preempted (with a deadline), so Ray Train treats it so."""
     try:
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
@@ -203,7 +221,7 @@ class Node:
 
     def _head(self, env: dict[str, str]) -> int:
         assert self.ray is not None
-        if not _wait_for(self.host, self.port, time.monotonic() + HEAD_WAIT_S):
+        if not _wait_for(self.host, self.port, time.monotonic() + HEAD_WAIT_S, self.ray):
             log.error("the Ray head did not come up on %s:%s", self.host, self.port)
             return 1
         env["TESSERA_RAY_ADDRESS"] = f"{self.host}:{self.port}"
@@ -229,10 +247,13 @@ class Node:
         assert self.ray is not None
         while self.ray.poll() is None:
             if self.stopping.wait(0.5):
-                address = f"{self.host}:{self.port}"
-                if drain_self(address, self.host, self.tmp, DRAIN_DEADLINE_S):
-                    log.info("drained as a preemption; stopping this Ray node")
-                    time.sleep(float(os.environ.get("TESSERA_DRAIN_WAIT_S", "2")))
+                deadline = time.monotonic() + DRAIN_DEADLINE_S
+                if drain_self(f"{self.host}:{self.port}", self.tmp, DRAIN_DEADLINE_S):
+                    log.info("drained as a preemption: Ray Train stops this node's worker by the deadline")
+                    # stopped after the deadline, the node counts as preempted; a drained node
+                    # whose worker has gone often stops by itself just after it
+                    while time.monotonic() < deadline + 1.0 and self.ray.poll() is None:
+                        time.sleep(0.1)
                 _stop(self.ray)
                 return 0
         # the node ended by itself: the head went away (job over or lost) or Ray failed

@@ -202,9 +202,13 @@ def train_event(tx: Tx, row: JobRow, event: NodeEvent) -> bool:
         else:
             put(tx, "job", row, lambda r: render_job(tx.session, r))
         return True
-    # a failure Ray Train recovers from: a preemption (a reclaim) is not the job's failure
-    if event.preemption:
+    # a failure Ray Train recovers from: a preemption (a reclaim) is not the job's failure, nor is a
+    # worker group that did not start in time (Ray retries those without limit)
+    if event.source == "preemption":
         _event(tx, row, "WorkerPreempted", f"a worker's slice was taken back; {event.message}")
+        return True
+    if event.source == "controller":
+        _event(tx, row, "Restarting", f"Ray Train restarts the worker group: {event.message}")
         return True
     failures = status.failures + 1
     spec = JobSpec.model_validate(row.spec)
