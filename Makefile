@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# torch only where tests train (PyPI's CUDA build is several GB; pip's cache keeps it per machine)
+# torch and Ray only where tests train (PyPI's torch is a CUDA build of several GB; pip's cache keeps
+# it per machine)
 TRAIN_STAMP := $(VENV)/.train-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 $(TRAIN_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet -e '.[dev,train,ray]'
 	@rm -f $(VENV)/.train-* && touch $@
 
 up: install

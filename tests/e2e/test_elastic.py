@@ -1,12 +1,16 @@
 """A real elastic job on its own Ray cluster (CPU, gloo) through the whole platform.
 
 It starts with one worker while another job holds the second GPU, grows to two when that job
-ends, gives the slice back when a new job needs it (a reclaim, not a failure), and ends with a
-lower loss, having resumed from its latest checkpoint after every resize.
+ends, gives the slice back when a new job needs it (a reclaim, not a failure), recovers from a
+killed training worker (a failure, counted), and ends with a lower loss, having resumed from its
+latest checkpoint after every restart.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 import pytest
 
 from tessera.jobs.elastic.events import FILE, TrainEvent, read
+from tessera.node.procs import descendants
 from tests.e2e.cluster import LocalCluster, wait_until
 
 pytest.importorskip("torch", reason="elastic training needs torch (make test installs it)")
@@ -51,6 +56,22 @@ def workers(cluster: LocalCluster, name: str, count: int, timeout: float) -> dic
     )
 
 
+def train_worker_pid(cluster: LocalCluster, job: dict[str, Any]) -> int:
+    """A Ray Train worker process of the job: a descendant of one of its tasks' shims."""
+    for state in (cluster.home / "node").rglob(f"{job['id']}/*/state.json"):
+        shim = json.loads(state.read_text())
+        if shim.get("exit_code") is not None:
+            continue
+        for pid in descendants(int(shim["shim_pid"])):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"RayTrainWorker" in title:
+                return pid
+    raise AssertionError("no Ray Train worker process found under the job's tasks")
+
+
 def events(cluster: LocalCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
     r = cluster.api("GET", "/api/v1/events", params={"object_id": job["id"], "limit": 500})
     return list(r.json())
@@ -84,9 +105,24 @@ def test_elastic_job_grows_shrinks_and_finishes(cluster: LocalCluster, tmp_path:
     history = [(e["reason"], e["message"][:300]) for e in events(cluster, job)]
     assert job["status"]["failures"] == 0, "\n".join(map(str, history))
 
-    # let it make progress at its new size, then stop it at the next checkpoint
+    # a training worker is killed: Ray Train restarts from the latest checkpoint, and that counts
     seen = len(train_events(cluster, job))
     wait_until(lambda: len(train_events(cluster, job)) > seen + 2, 120, what="progress after the shrink")
+    victim = train_worker_pid(cluster, job)
+    os.kill(victim, signal.SIGKILL)
+    recovered = wait_until(
+        lambda: (
+            (j := cluster.job("el"))["status"]["failures"] == 1 and j["status"]["state"] == "RUNNING" and j
+        ),
+        120,
+        what="the job to recover from the killed worker",
+    )
+    history = [e["reason"] for e in events(cluster, recovered)]
+    assert "WorkerFailed" in history and "Recovered" in history, history
+
+    # let it make progress again, then stop it at the next checkpoint
+    seen = len(train_events(cluster, job))
+    wait_until(lambda: len(train_events(cluster, job)) > seen + 2, 120, what="progress after the kill")
     stop.touch()
     done = cluster.wait_state("el", "SUCCEEDED", "FAILED", timeout=120)
     assert done["status"]["state"] == "SUCCEEDED", cluster.cli("logs", "el", "--tail", "60").stdout
