@@ -308,7 +308,6 @@ class Agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
             env.update(launch.env)
             task_dir.mkdir(parents=True, exist_ok=True)
-            env["TESSERA_TASK_DIR"] = str(task_dir)
             if "TESSERA_ELASTIC" in launch.env:
                 env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
