@@ -38,12 +38,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install test-deps
+bench: install $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m bench.api_submit
 	$(BIN)/python -m bench.execution
 	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.view
 	$(BIN)/python -m bench.placement
+	$(BIN)/python -m bench.elastic
 	mkdir -p bench/results
 	$(BIN)/python -m bench.openb_grid --jobs 2 | tee bench/results/openb.md
 

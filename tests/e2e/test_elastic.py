@@ -8,7 +8,6 @@ latest checkpoint after every restart.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -18,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from tessera.jobs.elastic.events import FILE, TrainEvent, read
-from tessera.node.procs import descendants
 from tests.e2e.cluster import LocalCluster, wait_until
+from tests.e2e.elastic import events, train_events, train_worker_pid
 
 pytest.importorskip("torch", reason="elastic training needs torch (make test installs it)")
 pytest.importorskip("ray.train", reason="elastic training needs ray[train] (make test installs it)")
@@ -36,11 +34,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c.stop()
 
 
-def train_events(cluster: LocalCluster, job: dict[str, Any]) -> list[TrainEvent]:
-    found = list((cluster.home / "node").rglob(f"{job['id']}/*/{FILE}"))
-    return read(found[0])[0] if found else []
-
-
 def workers(cluster: LocalCluster, name: str, count: int, timeout: float) -> dict[str, Any]:
     """Wait until Ray Train runs the job's worker group at ``count`` and the job is RUNNING."""
     return dict(
@@ -54,27 +47,6 @@ def workers(cluster: LocalCluster, name: str, count: int, timeout: float) -> dic
             what=f"{name} running with {count} workers: {cluster.job(name)['status']}",
         )
     )
-
-
-def train_worker_pid(cluster: LocalCluster, job: dict[str, Any]) -> int:
-    """A Ray Train worker process of the job: a descendant of one of its tasks' shims."""
-    for state in (cluster.home / "node").rglob(f"{job['id']}/*/state.json"):
-        shim = json.loads(state.read_text())
-        if shim.get("exit_code") is not None:
-            continue
-        for pid in descendants(int(shim["shim_pid"])):
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if b"RayTrainWorker" in title:
-                return pid
-    raise AssertionError("no Ray Train worker process found under the job's tasks")
-
-
-def events(cluster: LocalCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
-    r = cluster.api("GET", "/api/v1/events", params={"object_id": job["id"], "limit": 500})
-    return list(r.json())
 
 
 def test_elastic_job_grows_shrinks_and_finishes(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def test_grows_into_free_room_up_to_its_max() -> None:
     grant = decisions.grants[0]
     assert grant.job_id == job.job_id and grant.version == 3
     assert len(grant.task_nodes()) == 2  # 1 running + 2 granted = max 3, though a 4th GPU is free
+    assert job.elastic is not None
     assert {p.task_id for p in grant.placements} == {t.task_id for t in job.elastic.growable[:2]}
 
 
@@ -97,6 +98,7 @@ def test_extras_are_taken_back_before_anyone_is_evicted() -> None:
     assert len(decisions.shrinks) == 1
     shrink = decisions.shrinks[0]
     assert shrink.job_id == job.job_id and shrink.for_job == urgent.job_id and shrink.version == 3
+    assert job.elastic is not None
     newest = [t.task_id for t in job.elastic.extras[:2]]  # the highest indexes: the newest grants
     assert list(shrink.task_ids) == newest
     assert "gives back 2 extra workers (worker-3, worker-2) for job 'u'" in shrink.message
