@@ -27,6 +27,19 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 EVERY = 10  # checkpoint_every in the training config
 
 
+def ray_processes(job_id: str) -> list[int]:
+    """Live processes of the job's Ray cluster: their command lines name its Ray temp dirs."""
+    mark = f"/tray/{job_id[:8]}-".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(home=tmp_path / "home").start()
@@ -60,6 +73,7 @@ def test_elastic_job_grows_shrinks_and_finishes(cluster: LocalCluster, tmp_path:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     job = workers(cluster, "el", 1, 120)
+    assert ray_processes(job["id"])  # the job's own Ray cluster, found by its temp dirs
 
     # the blocker ends: its GPU is granted, and Ray Train grows into it
     assert cluster.cli("cancel", "blocker").returncode == 0
@@ -109,3 +123,5 @@ def test_elastic_job_grows_shrinks_and_finishes(cluster: LocalCluster, tmp_path:
     for before, after in zip(steps, steps[1:], strict=False):
         assert after == before + EVERY, steps
     assert blocker["status"]["state"] in ("PENDING", "SCHEDULED", "STARTING", "RUNNING")
+    # nothing of the job's Ray cluster outlives it
+    wait_until(lambda: not ray_processes(job["id"]), 30, what="the job's Ray processes to exit")

@@ -175,3 +175,21 @@ def test_a_worker_that_exits_is_replaced_and_the_job_goes_on(api: Api) -> None:
     job = get(api, "el")
     assert job["status"]["state"] == "RESIZING" and len(bound(job)) == 2
     assert max(t["index"] for t in bound(job)) == 2
+
+
+def test_worker_nodes_that_keep_dying_spend_the_failure_budget(api: Api) -> None:
+    token = node(api, gpus=2)
+    api.call("POST", "/api/v1/jobs", json=elastic_body("el", 1, 2, max_failures=1))
+    loop = SchedulingLoop(api.db)
+    loop.step()
+    for round_ in range(2):
+        job = get(api, "el")
+        report(api, token, {**job, "tasks": bound(job)}, state="RUNNING")
+        worker = max(bound(job), key=lambda t: t["index"])
+        report(api, token, {**job, "tasks": [worker]}, state="FAILED", exit_code=1)
+        if round_ == 0:
+            assert get(api, "el")["status"]["state"] == "RUNNING"
+            loop.step()  # a fresh task is granted the freed slice
+    failed = get(api, "el")
+    assert failed["status"]["state"] == "FAILED", failed["status"]
+    assert "2 worker node(s) exited on their own, more than max_failures (1)" in failed["status"]["message"]

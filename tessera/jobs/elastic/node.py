@@ -41,7 +41,10 @@ HEAD_WAIT_S = 60.0
 # How long a reclaimed node gives Ray Train: Train stops the node's worker at the deadline and counts
 # a node that dies after it as preempted (before it: as a failure). Inside the agent's stop grace.
 DRAIN_DEADLINE_S = 5.0
-STOP_GRACE_S = 10.0
+# a stopped task has the agent's grace (10 s) before SIGKILL: the driver gets 6 s to abort the run,
+# then the raylet 3 s to stop
+DRIVER_STOP_S = 6.0
+RAY_STOP_S = 3.0
 OBJECT_STORE_MIN = 100 * 1024 * 1024
 SIMULATED_ENV = "TESSERA_SIM_DEVICE_DIR"  # set on tasks of a simulated device (gpushare.simhelper)
 
@@ -135,7 +138,7 @@ def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes])
     return False
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> int:
+def _stop(proc: subprocess.Popen[bytes], grace: float = RAY_STOP_S) -> int:
     """Stop a process group we started: SIGTERM, then SIGKILL after ``grace``."""
     if proc.poll() is None:
         try:
@@ -233,7 +236,7 @@ class Node:
                 log.info("stopping: interrupting the driver")
                 os.killpg(self.driver.pid, signal.SIGINT)  # Ray Train aborts the run on SIGINT
                 try:
-                    self.driver.wait(STOP_GRACE_S)
+                    self.driver.wait(DRIVER_STOP_S)
                 except subprocess.TimeoutExpired:
                     _stop(self.driver, 2)
                 return 143

@@ -351,6 +351,28 @@ def _advance_elastic(tx: Tx, job: JobRow, tasks: list[TaskRow], state: JobState)
         why = f"{task.group_name}-{task.index} exited with code {task.exit_code}"
         retire(tx, job, task.id, TaskState(task.state), f"{why}; the job goes on with its other workers")
     if ended:
+        # worker nodes that die on their own spend the failure budget too, or a broken node would
+        # be granted, fail and be replaced forever
+        attempt = JobStatus.model_validate(job.status).attempt
+        lost = tx.session.execute(
+            select(func.count())
+            .select_from(TaskRow)
+            .where(
+                TaskRow.job_id == job.id,
+                TaskRow.attempt == attempt,
+                TaskRow.state == TaskState.FAILED.value,
+                TaskRow.index != head.index,
+            )
+        ).scalar_one()
+        budget = JobSpec.model_validate(job.spec).elastic.max_failures  # type: ignore[union-attr]
+        if 0 <= budget < lost:
+            if state is not JobState.RUNNING:
+                apply_transition(
+                    tx, job, JobState.RUNNING, message=f"worker nodes failing while {state.value}"
+                )
+            what = f"{lost} worker node(s) exited on their own, more than max_failures ({budget})"
+            _fail_or_retry(tx, job, TerminalReason.ERROR, what)
+            return
         put(tx, "job", job, lambda r: render_job(tx.session, r))
         return
     status = JobStatus.model_validate(job.status)
