@@ -126,6 +126,8 @@ def transition(
         update["started_at"] = None
         update["backfill_until"] = None
         update["master"] = None
+        update["workers"] = None  # an elastic job's next attempt is a new Ray cluster and trainer
+        update["failures"] = 0
         if current in _NEW_ATTEMPT_FROM:
             update["attempt"] = status.attempt + 1
     else:

@@ -340,14 +340,19 @@ class Agent:
             self.changed.set()
 
     def _train_events(self, launch: TaskLaunch, path: Path) -> None:
-        """Forward what an elastic job's driver wrote about Ray Train (jobs/elastic/events.py)."""
+        """Forward what an elastic job's driver wrote about Ray Train (jobs/elastic/events.py).
+
+        Sent at once, and the read offset is kept only once the control plane has them: a
+        ``running`` event lost would leave the job RESIZING or RECOVERING.
+        """
         found, offset = train_events.pending(path)
+        out = []
         for e in found:
             at = datetime.fromtimestamp(e.at, UTC)
             if e.event == "running":
                 workers = e.workers or 0
                 message = f"Ray Train's worker group is training with {workers} worker(s)"
-                self._event(
+                out.append(
                     NodeEvent(
                         reason="TrainingRunning",
                         type=EventType.NORMAL,
@@ -358,17 +363,28 @@ class Agent:
                     )
                 )
             else:
-                self._event(
+                source = e.source if e.source in ("worker", "preemption", "controller") else "worker"
+                out.append(
                     NodeEvent(
                         reason="TrainingFailed",
                         message=e.error[:1900],
                         job_id=launch.job_id,
                         at=at,
-                        source=e.source if e.source in ("worker", "preemption", "controller") else "worker",
+                        source=source,
                     )
                 )
-        if found:
-            train_events.commit(path, offset)
+        if out:
+            body = {"events": [e.model_dump(mode="json") for e in out]}
+            try:
+                r = self.http.post(f"/api/v1/nodes/{self.config.name}/events", json=body)
+            except httpx.HTTPError as exc:
+                log.info("could not send training events yet: %s", exc)
+                return
+            if r.status_code not in (200, 422):
+                return
+            if r.status_code == 422:
+                log.error("control plane refused training events %s; dropping them", r.text[:300])
+        train_events.commit(path, offset)  # reports (not forwarded) move the offset too
 
     def _event(self, event: NodeEvent) -> None:
         with self._outbox_lock:

@@ -404,13 +404,19 @@ class _Cycle:
         return _Attempt([p for _, ps, _ in placed[:keep] for p in ps], prefix[keep])
 
     def _shrink(self, job: PendingJob, shapes: Sequence[Shape], gang: int) -> bool:
-        """Step 6, first half: take back the fewest extra elastic slices that let the job fit."""
+        """Step 6, first half: take back the fewest extra elastic slices that let the job fit.
+
+        Extras of the job's own queue, or of queues above their guarantee, may be taken by anyone;
+        those of a queue within its guarantee only by a job whose queue is owed its own.
+        """
+        entitled = self._entitled(job)
         candidates = [
             e
             for e in self._extras
             if e.job.job_id != job.job_id
             and e.job.job_id not in self._shrunk
             and e.job.job_id not in self._victims.evicted
+            and (entitled or e.job.queue == job.queue or self.tree.borrows(e.job.queue, {}))
         ]
         if not candidates:
             return False
@@ -418,24 +424,23 @@ class _Cycle:
         mark = ws.mark()
 
         def fits(taken: Sequence[elastic.Extra]) -> bool:
+            ws.rollback(mark)
+            for extra in taken:
+                ws.release(extra.placements, extra.host)
             removed = self.tree.removal((e.job.queue, e.charge) for e in taken)
             trial = ws.mark()
             ok = self.attempt(job, shapes, gang, removed).why is None
             ws.rollback(trial)
             return ok
 
-        for extra in candidates:
-            ws.release(extra.placements, extra.host)
         if not fits(candidates):  # not even all of them would do: take none
             ws.rollback(mark)
             return False
-        ws.rollback(mark)
-        taken: list[elastic.Extra] = []
-        for extra in candidates:
-            ws.release(extra.placements, extra.host)
-            taken.append(extra)
-            if fits(taken):
-                break
+        taken = next(candidates[:n] for n in range(1, len(candidates) + 1) if fits(candidates[:n]))
+        for extra in reversed(taken[:-1]):  # then drop any it fits without
+            if fits([e for e in taken if e is not extra]):
+                taken = [e for e in taken if e is not extra]
+        fits(taken)  # the workspace with exactly these released
         attempt = self.attempt(job, shapes, gang, self.tree.removal((e.job.queue, e.charge) for e in taken))
         assert attempt.why is None, "the extras taken were just shown to make room"
         ws.hold_since(mark)  # held until the extras' processes have stopped
@@ -447,15 +452,21 @@ class _Cycle:
         message = elastic.shrink_message(taken, job.name)
         for running, task_ids in elastic.by_job(taken):
             self._shrunk.add(running.job_id)
+            self._victims.frozen.add(running.job_id)
             self.shrinks.append(Shrink(running.job_id, running.version, task_ids, job.job_id, message))
         names = ", ".join(sorted({f"'{e.job.name}'" for e in taken}))
-        self._wait(
-            job, PREEMPTING, f"waiting for elastic job(s) {names} to give back {plural(len(taken), 'slice')}"
-        )
+        count = plural(len(taken), "slice")
+        self._wait(job, PREEMPTING, f"waiting for elastic job(s) {names} to give back {count}")
         return True
 
     def _grow(self) -> None:
-        """Step 6, second half: running elastic jobs take free room, task by task, up to their max."""
+        """Step 6, second half: running elastic jobs take free room, task by task, up to their max.
+
+        Not while a job waits for room being freed for it (``Preempting``): the room its victims or
+        the extras it took back free must reach it, not go straight back to an elastic job.
+        """
+        if any(j.preempting for j in self._snapshot.pending) or self.evictions or self.shrinks:
+            return
         ws = self.live
         for running in elastic.growable(list(self._snapshot.running)):
             if running.job_id in self._shrunk or running.job_id in self._victims.evicted:

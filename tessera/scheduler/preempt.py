@@ -122,6 +122,8 @@ class Victims:
             if job.preemptible:
                 self._preemptible.setdefault(job.queue, []).append(job)
         self.evicted: dict[uuid.UUID, Victim] = {}
+        # jobs that gave back extra slices this cycle: what they hold is already spoken for
+        self.frozen: set[uuid.UUID] = set()
         # (queue, charge) of this cycle's victims whose re-placement must borrow (see _valid).
         self._must_borrow: set[tuple[str, Amounts]] = set()
         # Room held for preemptors this cycle, per queue subtree. The tree counts it (quota and
@@ -145,7 +147,7 @@ class Victims:
         overran = self._overran if job.reserved else set()
         pool = self._ordered if may_reclaim or overran else self._preemptible.get(job.queue, [])
         for running in pool:
-            if running.job_id in self.evicted:
+            if running.job_id in self.evicted or running.job_id in self.frozen:
                 continue
             charge = self.charges[running.job_id]
             side = tree.below_common(running.queue, job.queue) if may_reclaim else ()

@@ -193,3 +193,38 @@ def test_worker_nodes_that_keep_dying_spend_the_failure_budget(api: Api) -> None
     failed = get(api, "el")
     assert failed["status"]["state"] == "FAILED", failed["status"]
     assert "2 worker node(s) exited on their own, more than max_failures (1)" in failed["status"]["message"]
+
+
+def test_default_checkpoints_need_a_shared_place_when_nodes_span_machines(api: Api) -> None:
+    inventory = {"gpus": [], "cpu": 8, "memory": "32Gi", "simulated": True}
+    for name, url in (("near", "http://127.0.0.1:9000"), ("far", "http://10.1.2.3:9000")):
+        token = api.user(f"agent-{name}", role=None, scopes=["node"])
+        body = {"name": name, "inventory": inventory, "agent_url": url}
+        r = api.call("POST", "/api/v1/nodes", token=token, json=body)
+        assert r.status_code == 200, r.text
+    body: dict[str, Any] = elastic_body("el", 1, 2)
+    body["groups"][0]["resources"] = {"cpu": 1}
+    r = api.call("POST", "/api/v1/jobs", json=body)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "elastic.storage", r.text
+    body["elastic"]["storage"] = "s3://bucket/ckpt"
+    assert api.call("POST", "/api/v1/jobs", json=body).status_code == 201
+
+
+def test_an_extra_taken_back_before_it_started_frees_its_slice_at_once(api: Api) -> None:
+    token = node(api, gpus=2)
+    api.call("POST", "/api/v1/jobs", json=job_body("blocker", gpus=1))
+    loop = SchedulingLoop(api.db)
+    loop.step()
+    api.call("POST", "/api/v1/jobs", json=elastic_body("el", 1, 2))
+    loop.step()
+    job = get(api, "el")
+    report(api, token, {**job, "tasks": bound(job)}, state="RUNNING")
+    report(api, token, get(api, "blocker"), state="SUCCEEDED", exit_code=0)
+    loop.step()
+    assert get(api, "el")["status"]["state"] == "RESIZING"  # granted; its node has not started it
+    api.call("POST", "/api/v1/jobs", json=job_body("urgent", gpus=1))
+    loop.step()
+    job = get(api, "el")
+    assert len(bound(job)) == 1 and job["draining"] == []  # no process to wait for
+    loop.step()
+    assert get(api, "urgent")["status"]["state"] == "SCHEDULED"

@@ -126,3 +126,42 @@ def test_a_job_waiting_on_extras_takes_no_more() -> None:
     claimant = dataclasses.replace(make_job("c").gpus(1).build(), preempting=True)
     decisions = cycle(nodes, [claimant], [job])
     assert decisions.shrinks == () and decisions.pending[claimant.job_id].code == PREEMPTING
+
+
+def test_no_grants_while_a_job_waits_for_room_being_freed() -> None:
+    # the claimant's extras are still draining: the free GPU must not go back to the elastic job
+    nodes, job = elastic("e", [make_node("n1").gpus(3).build()], lo=1, hi=3, bound=2)
+    claimant = dataclasses.replace(make_job("x").gpus(1).workers(2).build(), preempting=True)
+    decisions = cycle(nodes, [claimant], [job])
+    assert decisions.grants == () and decisions.shrinks == ()
+
+
+def test_a_job_that_gave_back_extras_is_not_also_evicted() -> None:
+    nodes = [make_node("n1").gpus(4).build()]
+    nodes, a = elastic("a", nodes, lo=1, hi=2, bound=2, priority=0, preemptible=True, minutes=1)
+    nodes, b = elastic("b", nodes, lo=2, hi=2, bound=2, priority=0, preemptible=True, minutes=30)
+    x = make_job("x").gpus(1).priority(2000).submitted(0).build()
+    y = make_job("y").gpus(1).workers(2).priority(1000).submitted(1).build()
+    decisions = cycle(nodes, [x, y], [a, b])
+    assert [(s.job_id, s.for_job) for s in decisions.shrinks] == [(a.job_id, x.job_id)]
+    assert [(e.job_id, e.for_job) for e in decisions.evictions] == [(b.job_id, y.job_id)]
+
+
+def test_only_extras_that_help_are_taken() -> None:
+    # the lowest-priority extra comes first in order but is on an A100: no use to an H100 job
+    nodes = [make_node("n1").gpus(2).build(), make_node("n2").gpus(2, model="H100-80GB").build()]
+    nodes, low = elastic("low", nodes, lo=1, hi=2, bound=2, priority=0)
+    nodes, mid = elastic("mid", nodes, lo=1, hi=2, bound=2, priority=5)
+    assert {p.node for p in low.placements} == {"n1"} and {p.node for p in mid.placements} == {"n2"}
+    decisions = cycle(nodes, [make_job("h").gpus(1).models("H100").build()], [low, mid])
+    assert [(s.job_id, len(s.task_ids)) for s in decisions.shrinks] == [(mid.job_id, 1)]
+
+
+def test_a_borrowing_queue_cannot_take_extras_a_queue_is_owed() -> None:
+    queues = [make_queue("owed").guaranteed(gpu=2).build(), make_queue("borrower").build()]
+    nodes, job = elastic("e", [make_node("n1").gpus(2).build()], lo=1, hi=2, bound=2, queue="owed")
+    waiting = make_job("w").gpus(1).queue("borrower").build()
+    assert cycle(nodes, [waiting], [job], queues).shrinks == ()
+    # a job of the same queue may take them
+    mine = make_job("m").gpus(1).queue("owed").build()
+    assert len(cycle(nodes, [mine], [job], queues).shrinks) == 1

@@ -89,6 +89,11 @@ def pending(task_dir: Path) -> tuple[list[TrainEvent], int]:
 def commit(task_dir: Path, offset: int) -> None:
     """Remember that events up to ``offset`` were delivered (survives agent restarts)."""
     mark = task_dir / OFFSET
+    try:
+        if int(mark.read_text()) == offset:
+            return
+    except (FileNotFoundError, ValueError):
+        pass
     tmp = mark.with_suffix(".tmp")
     tmp.write_text(str(offset))
     tmp.replace(mark)

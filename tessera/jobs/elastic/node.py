@@ -41,9 +41,9 @@ HEAD_WAIT_S = 60.0
 # How long a reclaimed node gives Ray Train: Train stops the node's worker at the deadline and counts
 # a node that dies after it as preempted (before it: as a failure). Inside the agent's stop grace.
 DRAIN_DEADLINE_S = 5.0
-# a stopped task has the agent's grace (10 s) before SIGKILL: the driver gets 6 s to abort the run,
+# a stopped task has the agent's grace (10 s) before SIGKILL: the driver gets 5 s to abort the run,
 # then the raylet 3 s to stop
-DRIVER_STOP_S = 6.0
+DRIVER_STOP_S = 5.0
 RAY_STOP_S = 3.0
 OBJECT_STORE_MIN = 100 * 1024 * 1024
 SIMULATED_ENV = "TESSERA_SIM_DEVICE_DIR"  # set on tasks of a simulated device (gpushare.simhelper)
@@ -67,7 +67,7 @@ def ray_binary() -> str:
     return found
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -110,25 +110,36 @@ def start_command(head: bool, host: str, port: int, tmp: Path) -> list[str]:
         f"--num-cpus={cpus}",
         f"--num-gpus={len(gpus)}",
         f"--resources={json.dumps({SLICE_RESOURCE: 1})}",
-        f"--node-ip-address={host}",
         f"--object-store-memory={store}",
-        f"--dashboard-agent-listen-port={free_port(host)}",
-        f"--metrics-export-port={free_port(host)}",
+        f"--dashboard-agent-listen-port={free_port('')}",
+        f"--metrics-export-port={free_port('')}",
     ]
     if head:
         argv += [
             "--head",
             f"--port={port}",
+            f"--node-ip-address={host}",  # the head is on this node: MASTER_ADDR is this node's
             f"--temp-dir={tmp}",
             "--include-dashboard=false",
             "--no-monitor",  # no autoscaler: Tessera grants the nodes
         ]
+        if _ray_client_installed():  # else Ray would take the fixed port 10001 for it
+            argv.append(f"--ray-client-server-port={free_port('')}")
     else:
         argv += [f"--address={host}:{port}", f"--temp-dir={tmp}"]
     return argv
 
 
-def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes]) -> bool:
+def _ray_client_installed() -> bool:
+    try:
+        from ray._private.utils import get_ray_client_dependency_error
+
+        return get_ray_client_dependency_error() is None
+    except Exception:
+        return False
+
+
+def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes] | _Done) -> bool:
     while time.monotonic() < until and proc.poll() is None:
         try:
             with socket.create_connection((host, port), timeout=1):
@@ -189,6 +200,13 @@ def drain_self(address: str, tmp: Path, deadline_s: float) -> bool:
         return False
 
 
+class _Done:
+    """A process stand-in that has not exited (for _wait_for without one)."""
+
+    def poll(self) -> None:
+        return None
+
+
 class Node:
     """This slice's Ray node (and, on rank 0, the driver)."""
 
@@ -234,7 +252,10 @@ class Node:
         while self.driver.poll() is None:
             if self.stopping.wait(0.5):
                 log.info("stopping: interrupting the driver")
-                os.killpg(self.driver.pid, signal.SIGINT)  # Ray Train aborts the run on SIGINT
+                try:
+                    os.killpg(self.driver.pid, signal.SIGINT)  # Ray Train aborts the run on SIGINT
+                except ProcessLookupError:
+                    pass
                 try:
                     self.driver.wait(DRIVER_STOP_S)
                 except subprocess.TimeoutExpired:
@@ -259,7 +280,12 @@ class Node:
                         time.sleep(0.1)
                 _stop(self.ray)
                 return 0
-        # the node ended by itself: the head went away (job over or lost) or Ray failed
+        # the node ended by itself: the head went away (the job ended, or its head failed: either
+        # way the head's task says so), or this node failed (a failure of the job's)
+        if not _wait_for(self.host, self.port, time.monotonic() + 2, _Done()):
+            log.info("the job's Ray head is gone; this node's work is over")
+            return 0
+        log.error("this Ray node exited (code %s) while the head is up", self.ray.returncode)
         return self.ray.returncode or 1
 
 

@@ -33,7 +33,13 @@ async def submit_job(
 ) -> Job:
     """Submit a job. Retrying with the same ``Idempotency-Key`` returns the first job (200)."""
     job, created = await run_in_threadpool(
-        service.submit_job, db, caller, req, idempotency_key, settings.checkpoint_root
+        service.submit_job,
+        db,
+        caller,
+        req,
+        idempotency_key,
+        settings.checkpoint_root,
+        settings.checkpoints is None,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -145,7 +145,8 @@ def retire(tx: Tx, row: JobRow, task_id: uuid.UUID, state: TaskState, message: s
     task = session.get(TaskRow, task_id)
     if task is None:
         return
-    may_run = task.state in _MAY_RUN or (task.state == TaskState.PENDING.value and task.node is not None)
+    # a task never reported started has no process to wait for (as when an attempt ends)
+    may_run = task.state in _MAY_RUN
     for alloc in session.execute(
         select(AllocationRow).where(AllocationRow.task_id == task_id, AllocationRow.releasing.is_(False))
     ).scalars():
@@ -172,6 +173,34 @@ def retire(tx: Tx, row: JobRow, task_id: uuid.UUID, state: TaskState, message: s
         )
     )
     session.flush()
+    _prune(tx, row)
+
+
+RETIRED_KEPT = 32
+"""Retired workers kept per job (their state, exit code and logs); older ones are forgotten."""
+
+
+def _prune(tx: Tx, row: JobRow) -> None:
+    """Keep a job's task rows bounded however often its workers are replaced."""
+    session = tx.session
+    held = select(AllocationRow.task_id).where(AllocationRow.job_id == row.id)
+    retired = (
+        session.execute(
+            select(TaskRow)
+            .where(
+                TaskRow.job_id == row.id,
+                TaskRow.state.in_(
+                    [s.value for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)]
+                ),
+                TaskRow.id.not_in(held),
+            )
+            .order_by(TaskRow.index)
+        )
+        .scalars()
+        .all()
+    )
+    for old in retired[: max(0, len(retired) - RETIRED_KEPT)]:
+        session.delete(old)
 
 
 def train_event(tx: Tx, row: JobRow, event: NodeEvent) -> bool:

@@ -125,7 +125,16 @@ def _master(tx: Tx, job_id: uuid.UUID, attempt: int, node: str) -> MasterEndpoin
     has there. The agent checks that no other program holds it before starting rank 0."""
     url = tx.session.execute(select(NodeRow.agent_url).where(NodeRow.name == node)).scalar_one_or_none()
     address = urlparse(url).hostname if url else None
-    live = (JobState.SCHEDULED.value, JobState.STARTING.value, JobState.RUNNING.value)
+    live = tuple(
+        s.value
+        for s in (
+            JobState.SCHEDULED,
+            JobState.STARTING,
+            JobState.RUNNING,
+            JobState.RESIZING,
+            JobState.RECOVERING,
+        )
+    )
     # a job's master is on a node it holds slices on: only those jobs can hold a port there
     there = select(AllocationRow.job_id).where(AllocationRow.node == node, AllocationRow.releasing.is_(False))
     taken = set()

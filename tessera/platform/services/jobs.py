@@ -9,6 +9,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlparse
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +42,7 @@ from tessera.platform.store.rows import (
     AttemptRow,
     IdempotencyRow,
     JobRow,
+    NodeRow,
     ProjectRow,
     QueueRow,
     TaskRow,
@@ -193,6 +195,7 @@ def submit_job(
     req: SubmitJobRequest,
     idempotency_key: str | None = None,
     checkpoint_root: str | None = None,
+    checkpoint_root_is_local: bool = False,
 ) -> tuple[Job, bool]:
     """Store a new job (PENDING). Returns (job, created); a repeated idempotency
     key returns the first job and creates nothing."""
@@ -206,7 +209,9 @@ def submit_job(
                 first = _replay(tx, caller, idempotency_key, request_hash)
                 if first is not None:
                     return first, False
-            return _insert(tx, caller, req, idempotency_key, request_hash, checkpoint_root), True
+            return _insert(
+                tx, caller, req, idempotency_key, request_hash, (checkpoint_root, checkpoint_root_is_local)
+            ), True
     except IntegrityError:
         if idempotency_key:
             with db.write() as tx:
@@ -247,7 +252,7 @@ def _insert(
     req: SubmitJobRequest,
     key: str | None,
     request_hash: str,
-    checkpoint_root: str | None = None,
+    checkpoints: tuple[str | None, bool] = (None, False),
 ) -> Job:
     session = tx.session
     project = session.execute(select(ProjectRow).where(ProjectRow.name == req.project)).scalar_one_or_none()
@@ -288,8 +293,16 @@ def _insert(
                 f"no registered node could ever hold a task of group {group.name!r}: {reason}",
                 field=f"groups.{i}.resources",
             )
+    checkpoint_root, root_is_local = checkpoints
     if spec.elastic is not None:
         _check_elastic(spec.elastic, spec.groups[0].resources, nodes)
+        if spec.elastic.storage is None and root_is_local and len(_hosts(tx)) > 1:
+            raise Invalid(
+                f"this cluster's nodes are on {len(_hosts(tx))} machines, and the default checkpoint "
+                f"directory ({checkpoint_root}) is on the control plane's: give --storage a directory "
+                f"every node sees or an fsspec URL (s3://bucket/prefix), or set TESSERA_CHECKPOINTS",
+                field="elastic.storage",
+            )
     now = utcnow()
     status = JobStatus(
         state=JobState.PENDING,
@@ -348,6 +361,12 @@ def _insert(
         to_state=JobState.PENDING.value,
     )
     return job
+
+
+def _hosts(tx: Tx) -> set[str]:
+    """The machines the registered nodes' agents are on (by their URLs' host)."""
+    urls = tx.session.execute(select(NodeRow.agent_url)).scalars()
+    return {urlparse(url).hostname or "" for url in urls if url}
 
 
 def _check_elastic(elastic: ElasticSpec, resources: Resources, nodes: list[NodeInventory]) -> None:
