@@ -199,8 +199,8 @@ def test_default_checkpoints_need_a_shared_place_when_nodes_span_machines(api: A
     inventory = {"gpus": [], "cpu": 8, "memory": "32Gi", "simulated": True}
     for name, url in (("near", "http://127.0.0.1:9000"), ("far", "http://10.1.2.3:9000")):
         token = api.user(f"agent-{name}", role=None, scopes=["node"])
-        body = {"name": name, "inventory": inventory, "agent_url": url}
-        r = api.call("POST", "/api/v1/nodes", token=token, json=body)
+        registration = {"name": name, "inventory": inventory, "agent_url": url}
+        r = api.call("POST", "/api/v1/nodes", token=token, json=registration)
         assert r.status_code == 200, r.text
     body: dict[str, Any] = elastic_body("el", 1, 2)
     body["groups"][0]["resources"] = {"cpu": 1}
