@@ -12,6 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from tessera.api.cluster import Node
 from tessera.api.common import Page
+from tessera.api.datasets import CreateDatasetRequest, DataLoad, Dataset, Secret
 from tessera.api.events import Event
 from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, User
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
@@ -182,6 +183,39 @@ class Client:
         return Queue.model_validate(
             self.request("POST", f"{API}/queues", json=req.model_dump(mode="json")).json()
         )
+
+    # datasets and secrets ---------------------------------------------------------------------
+
+    def create_dataset(self, req: CreateDatasetRequest | dict[str, Any]) -> Dataset:
+        body = req.model_dump(mode="json") if isinstance(req, BaseModel) else req
+        return Dataset.model_validate(self.request("POST", f"{API}/datasets", json=body).json())
+
+    def list_datasets(self, project: str | None = None) -> list[Dataset]:
+        return self._list(Dataset, f"{API}/datasets", params={"project": project} if project else {})
+
+    def get_dataset(self, name: str, project: str = "default") -> Dataset:
+        return self._get(Dataset, f"{API}/datasets/{name}", params={"project": project})
+
+    def delete_dataset(self, name: str, project: str = "default") -> None:
+        self.request("DELETE", f"{API}/datasets/{name}", params={"project": project})
+
+    def load_dataset(self, name: str, project: str = "default", nodes: list[str] | None = None) -> DataLoad:
+        body = {"nodes": nodes or []}
+        r = self.request("POST", f"{API}/datasets/{name}/loads", params={"project": project}, json=body)
+        return DataLoad.model_validate(r.json())
+
+    def list_loads(self, name: str, project: str = "default") -> list[DataLoad]:
+        return self._list(DataLoad, f"{API}/datasets/{name}/loads", params={"project": project})
+
+    def create_secret(self, name: str, data: dict[str, str], project: str = "default") -> Secret:
+        body = {"name": name, "project": project, "data": data}
+        return Secret.model_validate(self.request("POST", f"{API}/secrets", json=body).json())
+
+    def list_secrets(self, project: str = "default") -> list[Secret]:
+        return self._list(Secret, f"{API}/secrets", params={"project": project})
+
+    def delete_secret(self, name: str, project: str = "default") -> None:
+        self.request("DELETE", f"{API}/secrets/{name}", params={"project": project})
 
     def list_projects(self) -> list[Project]:
         return self._list(Project, f"{API}/projects")

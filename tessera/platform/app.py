@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from tessera import __version__
 from tessera.platform import controllers, problems
 from tessera.platform.metrics import Metrics
-from tessera.platform.routers import events, health, jobs, logs, nodes, projects, queues, users
+from tessera.platform.routers import datasets, events, health, jobs, logs, nodes, projects, queues, users
 from tessera.platform.services.identity import bootstrap
 from tessera.platform.settings import Settings
 from tessera.platform.store import migrate
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, logs, queues, projects, users, nodes, events):
+    for module in (jobs, logs, queues, projects, users, nodes, events, datasets):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

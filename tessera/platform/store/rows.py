@@ -253,3 +253,64 @@ class IdempotencyRow(Stored):
     key: Mapped[str] = mapped_column(String(255), nullable=False)
     request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+
+
+class SecretRow(Stored):
+    """Values a dataset's source is read with; never rendered (only its keys are)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    data: Mapped[dict[str, str]] = mapped_column(JSONDoc, nullable=False)
+
+
+class DatasetRow(Stored):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    # the selected files at the source (path, size, etag), from the last listing; not rendered
+    manifest: Mapped[list[Any] | None] = mapped_column(JSONDoc)
+
+
+class DatasetCacheRow(Stored):
+    """One node's copy of a dataset, as its agent last reported it."""
+
+    __tablename__ = "dataset_caches"
+    __table_args__ = (UniqueConstraint("dataset_id", "node"),)
+
+    dataset_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+    )
+    node: Mapped[str] = mapped_column(String(63), nullable=False)
+    cached_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    cached_files: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    local_hits: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    peer_hits: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    source_reads: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class DataLoadRow(Stored):
+    __tablename__ = "data_loads"
+    __table_args__ = (UniqueConstraint("dataset_id", "number"),)
+
+    dataset_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    trigger: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # per node: LoadProgress
+    nodes: Mapped[list[Any]] = mapped_column(JSONDoc, nullable=False, default=list)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

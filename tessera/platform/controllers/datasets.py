@@ -1,0 +1,48 @@
+"""Datasets waiting to be listed: read their source (which files, how big) or say why it cannot be read."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from sqlalchemy import select
+
+from tessera.api.datasets import DatasetPhase, DatasetSpec, DatasetStatus
+from tessera.datacache.source import LIST_TIMEOUT_S, Source, SourceError
+from tessera.platform.services.datasets import record_listing, secret_values
+from tessera.platform.store.db import Database
+from tessera.platform.store.rows import DatasetRow
+
+log = logging.getLogger(__name__)
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="list-source")
+
+
+def _list(spec: DatasetSpec, secrets: dict[str, str]) -> list[list[object]]:
+    return [f.row() for f in Source(spec, secrets).list()]
+
+
+def list_sources(db: Database, timeout: float = LIST_TIMEOUT_S) -> int:
+    """One pass over datasets not listed yet; returns how many it settled."""
+    with db.read() as session:
+        rows = [
+            (row.id, row.version, DatasetSpec.model_validate(row.spec))
+            for row in session.execute(select(DatasetRow)).scalars()
+            if DatasetStatus.model_validate(row.status).phase is DatasetPhase.PENDING
+        ]
+    settled = 0
+    for dataset_id, version, spec in rows:
+        manifest, error = None, None
+        future = _pool.submit(_list, spec, secret_values(db, dataset_id))
+        try:
+            manifest = future.result(timeout=timeout)
+        except SourceError as exc:
+            error = str(exc)
+        except FutureTimeout:
+            error = f"listing {spec.source} took longer than {timeout:.0f}s; is it reachable?"
+        except Exception as exc:  # a source library's own error: said, not raised
+            log.exception("listing %s failed", spec.source)
+            error = f"cannot list {spec.source}: {type(exc).__name__}"
+        if record_listing(db, dataset_id, version, manifest, error, spec.cache.capacity_mib):
+            settled += 1
+    return settled
