@@ -47,7 +47,7 @@ def test_secrets_are_never_echoed(api: Api) -> None:
 
 
 def test_bad_datasets_are_refused_naming_the_field(api: Api, tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"source": "bucket/path"}, "source"),
         ({"source": "ftp://host/x"}, "source"),
         ({"source": "s3://b/p", "credentials": "nope"}, "credentials"),
