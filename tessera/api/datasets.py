@@ -259,3 +259,49 @@ class Secret(Meta):
     name: Name
     project: Name
     keys: list[str]
+
+
+# node agents ---------------------------------------------------------------------------------
+
+
+class LoadWork(Model):
+    """What a node agent is asked to load: the dataset, its files, and what its source needs."""
+
+    load_id: str
+    dataset_id: str
+    dataset: Name
+    project: Name
+    spec: DatasetSpec
+    files: list[tuple[str, int, str]] = Field(description="(path, size, etag) of every selected file.")
+    secrets: dict[str, str] = Field(default_factory=dict, description="Only ever sent to node agents.")
+
+    def __repr__(self) -> str:
+        return f"LoadWork(load_id={self.load_id!r}, dataset={self.dataset!r}, files={len(self.files)})"
+
+    __str__ = __repr__
+
+
+class LoadReport(Model):
+    """A node's progress on one load (idempotent: the latest wins)."""
+
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    files_done: int = Field(ge=0)
+    files_total: int = Field(ge=0)
+    state: LoadState
+    message: str = Field(default="", max_length=2000)
+
+
+class CacheReport(Model):
+    """What one node holds of one dataset, and how reads of it went (running totals)."""
+
+    dataset_id: str
+    cached_bytes: int = Field(ge=0)
+    cached_files: int = Field(ge=0)
+    local_hits: int = Field(default=0, ge=0)
+    peer_hits: int = Field(default=0, ge=0)
+    source_reads: int = Field(default=0, ge=0)
+
+
+class CacheReports(Model):
+    caches: list[CacheReport] = Field(max_length=10_000)

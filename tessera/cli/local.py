@@ -35,6 +35,9 @@ def node(
     unattributed: Annotated[
         str, typer.Option(help="GPU processes that belong to no slice: report or kill.")
     ] = "report",
+    cache_capacity: Annotated[
+        str | None, typer.Option(help="Dataset cache size on this node, e.g. 200Gi (default: no limit).")
+    ] = None,
 ) -> None:
     """Run a node agent in the foreground: register, heartbeat, run, enforce and report tasks."""
     import logging
@@ -64,6 +67,14 @@ def node(
     except ValueError as exc:
         fail(f"--simulate-gpus: {exc}", code=2)
     inventory = detect(device)
+    capacity = None
+    if cache_capacity is not None:
+        from tessera.api.quantities import QuantityError, parse_memory_mib
+
+        try:
+            capacity = parse_memory_mib(cache_capacity) * 1024 * 1024
+        except QuantityError as exc:
+            fail(f"--cache-capacity: {exc}", code=2)
     config = AgentConfig(
         name=name,
         state_dir=state_dir,
@@ -78,6 +89,7 @@ def node(
         enforcement=EnforcerConfig(
             poll_seconds=enforce_poll, memory_grace_seconds=memory_grace, unattributed=unattributed
         ),
+        cache_capacity_bytes=capacity,
     )
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -160,8 +160,12 @@ class NodeCache:
         return CachedDataset(dataset, int(size), int(count), *map(int, hits))
 
     def datasets(self) -> list[str]:
+        """Every dataset the cache holds files of or has counted reads for."""
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT DISTINCT dataset FROM files ORDER BY dataset")]
+            rows = self._db.execute(
+                "SELECT dataset FROM files UNION SELECT dataset FROM stats ORDER BY dataset"
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # eviction --------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from tessera.gpushare.enforce import EnforcerConfig
 from tessera.jobs.elastic import events as train_events
 from tessera.jobs.launch import TaskLaunch, launches_for
 from tessera.node import logs, shim
+from tessera.node.datasets import DataManager
 from tessera.node.enforcement import NodeEnforcement, node_ended
 from tessera.node.feed import AssignmentFeed
 from tessera.node.launchenv import task_env
@@ -70,6 +71,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     device: DeviceBackend | None = None
     enforcement: EnforcerConfig = field(default_factory=EnforcerConfig)
+    cache_capacity_bytes: int | None = None  # the dataset cache's size (None: no limit of its own)
 
 
 @dataclass
@@ -145,7 +147,11 @@ class Agent:
             self.http, self.config.name, self.state_dir / "assignments.json", self.changed
         )
         self.enforcement.start()
+        data = DataManager(
+            self.http, self.config.name, self.state_dir / "cache", self.config.cache_capacity_bytes
+        )
         threads = [
+            threading.Thread(target=data.run, args=(self.stop_event,), name="datasets", daemon=True),
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
             threading.Thread(target=self.feed.run, args=(self.stop_event,), name="watch", daemon=True),
             threading.Thread(

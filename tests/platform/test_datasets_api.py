@@ -9,6 +9,7 @@ from tessera.platform.controllers.datasets import list_sources
 from tests.conftest import Api
 from tests.datacache.sources import http_server
 from tests.pg import free_port
+from tests.platform.test_execution import node
 
 
 def files(root: Path, count: int = 3, size: int = 1000) -> Path:
@@ -67,6 +68,7 @@ def test_bad_datasets_are_refused_naming_the_field(api: Api, tmp_path: Path) -> 
 
 
 def test_listing_a_local_source_and_loads(api: Api, tmp_path: Path) -> None:
+    node(api, "n1")
     root = files(tmp_path / "data", count=3, size=1000)
     assert create(api, "local", f"file://{root}", include=["*.bin"]).status_code == 201
     assert get(api, "local")["status"]["phase"] == "Pending"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from tessera.api.cluster import Node, RegisterNodeRequest
 from tessera.api.common import Page
+from tessera.api.datasets import CacheReports, LoadReport, LoadWork
 from tessera.api.jobs import Job, TaskReports
 from tessera.api.usage import Heartbeat, NodeEvents, NodeUsage
 from tessera.platform.auth import AdminPrincipal, NodePrincipal, UserPrincipal
 from tessera.platform.deps import DbDep
+from tessera.platform.services import dataloads
 from tessera.platform.services import nodes as service
 from tessera.platform.services import usage as usage_service
 from tessera.platform.services.execution import apply_reports
@@ -59,6 +63,30 @@ async def report_tasks(name: str, req: TaskReports, db: DbDep, caller: NodePrinc
     await run_in_threadpool(service.check_agent, db, caller, name)
     applied = await run_in_threadpool(apply_reports, db, name, req.reports)
     return {"applied": applied}
+
+
+@router.get("/{name}/loads", response_model=list[LoadWork])
+async def node_loads(name: str, db: DbDep, caller: NodePrincipal) -> list[LoadWork]:
+    """Dataset loads this node has a part in (with the sources' credentials: node agents only)."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
+    return await run_in_threadpool(dataloads.node_work, db, name)
+
+
+@router.post("/{name}/loads/{load_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def report_load(
+    name: str, load_id: uuid.UUID, req: LoadReport, db: DbDep, caller: NodePrincipal
+) -> Response:
+    """This node's progress on a load (the latest report wins)."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
+    await run_in_threadpool(dataloads.report_load, db, name, load_id, req)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/caches", response_model=dict[str, int])
+async def report_caches(name: str, req: CacheReports, db: DbDep, caller: NodePrincipal) -> dict[str, int]:
+    """What this node's cache holds of each dataset, and how reads went."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
+    return {"written": await run_in_threadpool(dataloads.report_caches, db, name, req.caches)}
 
 
 @router.get("", response_model=list[Node])

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tessera.api.cluster import NodeState
 from tessera.api.datasets import (
     CreateDatasetRequest,
     CreateLoadRequest,
@@ -370,6 +371,9 @@ def start_load(tx: Tx, row: DatasetRow, project: str, nodes: list[str], trigger:
     status = DatasetStatus.model_validate(row.status)
     if status.phase is DatasetPhase.FAILED:
         raise Conflict(f"dataset {row.name!r} cannot be loaded: {status.message}")
+    nodes = nodes or choose_nodes(tx, row)
+    if not nodes:
+        raise Conflict(f"no Ready node to load dataset {row.name!r} on")
     number = (
         tx.session.execute(
             select(func.max(DataLoadRow.number)).where(DataLoadRow.dataset_id == row.id)
@@ -381,11 +385,32 @@ def start_load(tx: Tx, row: DatasetRow, project: str, nodes: list[str], trigger:
         number=number,
         trigger=trigger.value,
         state=LoadState.PENDING.value,
-        nodes=[LoadProgress(node=n).model_dump(mode="json") for n in sorted(set(nodes))],
+        nodes=[
+            LoadProgress(
+                node=n, bytes_total=status.total_bytes or 0, files_total=status.total_files or 0
+            ).model_dump(mode="json")
+            for n in sorted(set(nodes))
+        ],
     )
     rendered = put(tx, "dataload", load, lambda r: render_load(r, row.name, project))
     _event(tx, row, project, "LoadRequested", f"load {number} ({trigger.value})")
     return rendered
+
+
+def choose_nodes(tx: Tx, dataset: DatasetRow) -> list[str]:
+    """The dataset's ``replicas`` Ready nodes, those already holding most of it first."""
+    replicas = DatasetSpec.model_validate(dataset.spec).cache.replicas
+    ready = list(
+        tx.session.execute(select(NodeRow.name).where(NodeRow.state == NodeState.READY.value)).scalars()
+    )
+    held = dict(
+        tx.session.execute(
+            select(DatasetCacheRow.node, DatasetCacheRow.cached_bytes).where(
+                DatasetCacheRow.dataset_id == dataset.id
+            )
+        ).all()
+    )
+    return sorted(ready, key=lambda n: (-held.get(n, 0), n))[:replicas]
 
 
 def list_loads(db: Database, caller: Principal, project: str, name: str) -> list[DataLoad]:

@@ -1,0 +1,155 @@
+"""The node agent's dataset side: run the loads it is given into its cache, and report the cache.
+
+Loads run in their own threads (several files at once each), report progress at
+most twice a second, and end Succeeded or Failed with the reason (a source that
+cannot be read, no room, files that failed). What the cache holds of each
+dataset, and how reads went, is reported every few seconds when it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tessera.api.datasets import CacheReport, LoadReport, LoadState, LoadWork
+from tessera.datacache.cache import CacheFull, NodeCache
+from tessera.datacache.fetch import SourceFetcher
+from tessera.datacache.source import FileEntry, Source, SourceError
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.5
+CACHES_EVERY_S = 3.0
+
+
+class DataManager:
+    def __init__(
+        self,
+        http: httpx.Client,
+        node: str,
+        root: Path,
+        capacity_bytes: int | None = None,
+        workers: int = 8,
+    ) -> None:
+        self.http, self.node, self.workers = http, node, workers
+        self.cache = NodeCache(root, capacity_bytes)
+        self._running: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._reported: dict[str, CacheReport] = {}
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event, every: float = 1.0) -> None:
+        self._stop = stop
+        last_caches = 0.0
+        while not stop.is_set():
+            try:
+                self.poll()
+                if time.monotonic() - last_caches >= CACHES_EVERY_S:
+                    self.report_caches()
+                    last_caches = time.monotonic()
+            except httpx.HTTPError as exc:
+                log.info("dataset loads: control plane unreachable (%s)", exc)
+            except Exception:  # keep serving loads whatever one pass hit
+                log.exception("dataset pass failed")
+            stop.wait(every)
+        self.cache.close()
+
+    def poll(self) -> None:
+        r = self.http.get(f"/api/v1/nodes/{self.node}/loads")
+        r.raise_for_status()
+        for item in r.json():
+            work = LoadWork.model_validate(item)
+            with self._lock:
+                alive = self._running.get(work.load_id)
+                if alive is not None and alive.is_alive():
+                    continue
+                thread = threading.Thread(
+                    target=self._load, args=(work,), name=f"load-{work.dataset}", daemon=True
+                )
+                self._running[work.load_id] = thread
+            thread.start()
+
+    def _report(self, work: LoadWork, report: LoadReport) -> None:
+        try:
+            self.http.post(
+                f"/api/v1/nodes/{self.node}/loads/{work.load_id}", json=report.model_dump(mode="json")
+            ).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.info("could not report load %s progress: %s", work.load_id, exc)
+
+    def _load(self, work: LoadWork) -> None:
+        files = [FileEntry(*f) for f in work.files]
+        total = sum(f.size for f in files)
+        last = [0.0]
+
+        def report(state: LoadState, done: int, count: int, message: str = "") -> None:
+            self._report(
+                work,
+                LoadReport(
+                    bytes_done=done,
+                    bytes_total=total,
+                    files_done=count,
+                    files_total=len(files),
+                    state=state,
+                    message=message,
+                ),
+            )
+
+        def progress(done: int, count: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                report(LoadState.RUNNING, done, count)
+
+        log.info("loading dataset %s (%d files, %d bytes)", work.dataset, len(files), total)
+        try:
+            source = Source(work.spec, work.secrets)
+            result = self.cache.materialize(
+                work.dataset_id,
+                files,
+                SourceFetcher(source),
+                workers=self.workers,
+                progress=progress,
+                stop=self._stop,
+            )
+        except (SourceError, CacheFull) as exc:
+            report(LoadState.FAILED, 0, 0, str(exc))
+            return
+        except Exception as exc:
+            log.exception("load of %s failed", work.dataset)
+            report(LoadState.FAILED, 0, 0, f"{type(exc).__name__}: {exc}"[:500])
+            return
+        stats = self.cache.stats(work.dataset_id)
+        if result.errors:
+            message = f"{len(result.errors)} file(s) could not be copied; first: {result.errors[0]}"
+            report(LoadState.FAILED, stats.cached_bytes, stats.cached_files, message)
+        elif self._stop.is_set():
+            report(LoadState.FAILED, stats.cached_bytes, stats.cached_files, "the node agent stopped")
+        else:
+            note = f"{result.fetched} copied, {result.already} already cached"
+            report(LoadState.SUCCEEDED, total, len(files), note)
+        self.report_caches()
+
+    def report_caches(self) -> None:
+        reports = []
+        for dataset in self.cache.datasets():
+            s = self.cache.stats(dataset)
+            report = CacheReport(
+                dataset_id=dataset,
+                cached_bytes=s.cached_bytes,
+                cached_files=s.cached_files,
+                local_hits=s.local_hits,
+                peer_hits=s.peer_hits,
+                source_reads=s.source_reads,
+            )
+            if self._reported.get(dataset) != report:
+                reports.append(report)
+        if not reports:
+            return
+        body = {"caches": [r.model_dump(mode="json") for r in reports]}
+        self.http.post(f"/api/v1/nodes/{self.node}/caches", json=body).raise_for_status()
+        for report in reports:
+            self._reported[report.dataset_id] = report

@@ -1,0 +1,184 @@
+"""Loads on node agents: which nodes load, what they are sent, and what their reports change.
+
+A load names its nodes when it is created (the dataset's ``replicas`` Ready nodes,
+those holding most of it first). Each node's agent lists its share of live loads
+(with the dataset's files and credentials: node agents only), copies the files
+into its cache and reports progress; the load is Running from the first report,
+Succeeded once every node has, Failed as soon as one fails. Agents also report
+what they hold of each dataset: a dataset is Ready only when enough nodes hold
+every byte of it, never half-cached.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from tessera.api.datasets import (
+    CacheReport,
+    DatasetPhase,
+    DatasetSpec,
+    DatasetStatus,
+    LoadProgress,
+    LoadReport,
+    LoadState,
+    LoadWork,
+)
+from tessera.platform.problems import NotFound
+from tessera.platform.services.common import put
+from tessera.platform.services.datasets import LIVE_LOADS, _event, render_dataset, render_load
+from tessera.platform.store.db import Database, Tx
+from tessera.platform.store.rows import (
+    DataLoadRow,
+    DatasetCacheRow,
+    DatasetRow,
+    ProjectRow,
+    SecretRow,
+)
+from tessera.platform.store.types import utcnow
+
+
+def node_work(db: Database, node: str) -> list[LoadWork]:
+    """Live loads this node has a part in, not finished on it yet."""
+    with db.read() as session:
+        out = []
+        rows = session.execute(select(DataLoadRow).where(DataLoadRow.state.in_(LIVE_LOADS))).scalars()
+        for load in rows:
+            mine = next((LoadProgress.model_validate(n) for n in load.nodes if n["node"] == node), None)
+            if mine is None or mine.state not in (LoadState.PENDING, LoadState.RUNNING):
+                continue
+            dataset = session.get(DatasetRow, load.dataset_id)
+            if dataset is None or dataset.manifest is None:
+                continue
+            spec = DatasetSpec.model_validate(dataset.spec)
+            secrets: dict[str, str] = {}
+            if spec.credentials:
+                secret = session.execute(
+                    select(SecretRow).where(
+                        SecretRow.project_id == dataset.project_id, SecretRow.name == spec.credentials
+                    )
+                ).scalar_one_or_none()
+                secrets = dict(secret.data) if secret is not None else {}
+            project = session.get(ProjectRow, dataset.project_id)
+            out.append(
+                LoadWork(
+                    load_id=str(load.id),
+                    dataset_id=str(dataset.id),
+                    dataset=dataset.name,
+                    project=project.name if project else "?",
+                    spec=spec,
+                    files=[(str(f[0]), int(f[1]), str(f[2])) for f in dataset.manifest],
+                    secrets=secrets,
+                )
+            )
+        return out
+
+
+def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport) -> None:
+    """A node's progress on a load; moves the load (and the dataset's phase) accordingly."""
+    with db.write() as tx:
+        load = tx.session.get(DataLoadRow, load_id)
+        if load is None:
+            raise NotFound(f"no load with id {load_id}")
+        if load.state not in LIVE_LOADS:
+            return  # a late report on a finished load changes nothing
+        nodes = [LoadProgress.model_validate(n) for n in load.nodes]
+        if not any(n.node == node for n in nodes):
+            raise NotFound(f"node {node!r} has no part in load {load_id}")
+        nodes = [LoadProgress(node=node, **report.model_dump()) if n.node == node else n for n in nodes]
+        load.nodes = [n.model_dump(mode="json") for n in nodes]
+        dataset = tx.session.get(DatasetRow, load.dataset_id)
+        assert dataset is not None
+        project = tx.session.get(ProjectRow, dataset.project_id)
+        project_name = project.name if project else "?"
+        before = load.state
+        if any(n.state is LoadState.FAILED for n in nodes):
+            failed = next(n for n in nodes if n.state is LoadState.FAILED)
+            load.state, load.message = LoadState.FAILED.value, f"on {failed.node}: {failed.message}"
+            load.finished_at = utcnow()
+        elif all(n.state is LoadState.SUCCEEDED for n in nodes):
+            load.state, load.message = (
+                LoadState.SUCCEEDED.value,
+                f"cached on {', '.join(n.node for n in nodes)}",
+            )
+            load.finished_at = utcnow()
+        else:
+            load.state = LoadState.RUNNING.value
+            load.started_at = load.started_at or utcnow()
+        put(tx, "dataload", load, lambda r: render_load(r, dataset.name, project_name))
+        if load.state != before:
+            kind = {"Running": "LoadStarted", "Succeeded": "LoadSucceeded", "Failed": "LoadFailed"}[
+                load.state
+            ]
+            _event(tx, dataset, project_name, kind, f"load {load.number}: {load.message or load.state}",
+                   warning=load.state == LoadState.FAILED.value)  # fmt: skip
+        _settle_phase(tx, dataset, project_name)
+
+
+def report_caches(db: Database, node: str, reports: list[CacheReport]) -> int:
+    """What the node holds of each dataset (running totals); unknown datasets are skipped."""
+    written = 0
+    with db.write() as tx:
+        for report in reports:
+            try:
+                dataset_id = uuid.UUID(report.dataset_id)
+            except ValueError:
+                continue
+            dataset = tx.session.get(DatasetRow, dataset_id)
+            if dataset is None:
+                continue
+            row = tx.session.execute(
+                select(DatasetCacheRow).where(
+                    DatasetCacheRow.dataset_id == dataset_id, DatasetCacheRow.node == node
+                )
+            ).scalar_one_or_none()
+            fields = report.model_dump(exclude={"dataset_id"})
+            if row is None:
+                row = DatasetCacheRow(dataset_id=dataset_id, node=node, **fields)
+                tx.session.add(row)
+            elif all(getattr(row, k) == v for k, v in fields.items()):
+                continue
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+            tx.stamp(row)
+            tx.session.flush()
+            project = tx.session.get(ProjectRow, dataset.project_id)
+            _settle_phase(tx, dataset, project.name if project else "?")
+            written += 1
+    return written
+
+
+def _settle_phase(tx: Tx, dataset: DatasetRow, project: str) -> None:
+    """Ready when ``replicas`` nodes hold all of it; Loading while a load runs; else NotCached."""
+    status = DatasetStatus.model_validate(dataset.status)
+    if status.phase in (DatasetPhase.PENDING, DatasetPhase.FAILED) or status.total_bytes is None:
+        put(tx, "dataset", dataset, lambda r: render_dataset(tx, r))
+        return
+    replicas = DatasetSpec.model_validate(dataset.spec).cache.replicas
+    full = [
+        c
+        for c in tx.session.execute(
+            select(DatasetCacheRow).where(DatasetCacheRow.dataset_id == dataset.id)
+        ).scalars()
+        if c.cached_bytes >= status.total_bytes and c.cached_files >= (status.total_files or 0)
+    ]
+    running = tx.session.execute(
+        select(DataLoadRow.id).where(DataLoadRow.dataset_id == dataset.id, DataLoadRow.state.in_(LIVE_LOADS))
+    ).first()
+    if len(full) >= replicas:
+        phase = DatasetPhase.READY
+    elif running is not None:
+        phase = DatasetPhase.LOADING
+    else:
+        phase = DatasetPhase.NOT_CACHED
+    if phase is not status.phase:
+        where = ", ".join(sorted(c.node for c in full)) or "no node"
+        message = f"fully cached on {where}" if phase is DatasetPhase.READY else status.message
+        dataset.status = status.model_copy(update={"phase": phase, "message": message}).model_dump(
+            mode="json"
+        )
+        if phase is DatasetPhase.READY:
+            _event(tx, dataset, project, "Ready", message)
+    put(tx, "dataset", dataset, lambda r: render_dataset(tx, r))

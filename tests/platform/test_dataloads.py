@@ -1,0 +1,78 @@
+"""Loads as node agents drive them, and when a dataset may be called Ready (never half-cached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tessera.platform.controllers.datasets import list_sources
+from tests.conftest import Api
+from tests.platform.test_datasets_api import create, files, get
+from tests.platform.test_execution import node
+
+
+def load_report(api: Api, token: str, name: str, load: dict[str, Any], **fields: Any) -> None:
+    body = {"bytes_done": 0, "bytes_total": 3000, "files_done": 0, "files_total": 3, **fields}
+    r = api.call("POST", f"/api/v1/nodes/{name}/loads/{load['id']}", token=token, json=body)
+    assert r.status_code == 204, r.text
+
+
+def caches(api: Api, token: str, name: str, dataset_id: str, cached: int, count: int) -> None:
+    body = {
+        "caches": [{"dataset_id": dataset_id, "cached_bytes": cached, "cached_files": count, "local_hits": 3}]
+    }
+    r = api.call("POST", f"/api/v1/nodes/{name}/caches", token=token, json=body)
+    assert r.status_code == 200, r.text
+
+
+def test_a_load_on_two_replicas(api: Api, tmp_path: Path) -> None:
+    tokens = {n: node(api, n) for n in ("n1", "n2", "n3")}
+    create(api, "d", f"file://{files(tmp_path / 'data')}", cache={"replicas": 2})
+    list_sources(api.db)
+    load = api.call("POST", "/api/v1/datasets/d/loads").json()
+    assert [n["node"] for n in load["nodes"]] == ["n1", "n2"]  # as many Ready nodes as replicas
+    work = api.call("GET", "/api/v1/nodes/n1/loads", token=tokens["n1"]).json()
+    assert [w["dataset"] for w in work] == ["d"] and len(work[0]["files"]) == 3
+    assert api.call("GET", "/api/v1/nodes/n3/loads", token=tokens["n3"]).json() == []
+    # another node's token cannot read n1's work (it carries credentials)
+    assert api.call("GET", "/api/v1/nodes/n1/loads", token=tokens["n3"]).status_code == 403
+
+    load_report(api, tokens["n1"], "n1", load, state="Running", bytes_done=1000, files_done=1)
+    loads = api.call("GET", "/api/v1/datasets/d/loads").json()
+    assert (
+        loads[0]["state"] == "Running" and loads[0]["bytes_done"] == 1000 and loads[0]["bytes_total"] == 6000
+    )
+    assert 16 < loads[0]["percent"] < 17
+    assert get(api, "d")["status"]["phase"] == "Loading"
+    # half cached on one node is not Ready, however the load goes
+    caches(api, tokens["n1"], "n1", get(api, "d")["id"], 1500, 1)
+    assert get(api, "d")["status"]["phase"] == "Loading"
+    load_report(api, tokens["n1"], "n1", load, state="Succeeded", bytes_done=3000, files_done=3)
+    caches(api, tokens["n1"], "n1", get(api, "d")["id"], 3000, 3)
+    assert get(api, "d")["status"]["phase"] == "Loading"  # one replica of two
+    load_report(api, tokens["n2"], "n2", load, state="Succeeded", bytes_done=3000, files_done=3)
+    caches(api, tokens["n2"], "n2", get(api, "d")["id"], 3000, 3)
+    status = get(api, "d")["status"]
+    assert status["phase"] == "Ready" and status["cached_percent"] == 100 and status["hit_ratio"] == 1.0
+    assert api.call("GET", "/api/v1/datasets/d/loads").json()[0]["state"] == "Succeeded"
+    assert api.call("GET", "/api/v1/nodes/n1/loads", token=tokens["n1"]).json() == []
+
+
+def test_one_failed_node_fails_the_load(api: Api, tmp_path: Path) -> None:
+    token = node(api, "n1")
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    load = api.call("POST", "/api/v1/datasets/d/loads").json()
+    load_report(api, token, "n1", load, state="Failed", message="no room for 3000 more bytes")
+    failed = api.call("GET", "/api/v1/datasets/d/loads").json()[0]
+    assert failed["state"] == "Failed" and failed["message"] == "on n1: no room for 3000 more bytes"
+    assert get(api, "d")["status"]["phase"] == "NotCached"
+    events = api.call("GET", "/api/v1/events", params={"kind": "dataset"}).json()
+    assert any(e["reason"] == "LoadFailed" and "no room" in e["message"] for e in events)
+
+
+def test_no_ready_node_no_load(api: Api, tmp_path: Path) -> None:
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    r = api.call("POST", "/api/v1/datasets/d/loads")
+    assert r.status_code == 409 and "no Ready node" in r.text
