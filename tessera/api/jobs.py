@@ -110,6 +110,32 @@ class TaskGroupSpec(Model):
         return self.min_available or self.replicas
 
 
+DATA_FORM = "NAME:/path (a dataset of the project, and where the task sees it)"
+
+
+class DataMount(Model):
+    """A dataset a job's tasks read: cached on their node before they start (``mount``)."""
+
+    dataset: Name
+    path: str = Field(
+        default="/data",
+        max_length=500,
+        description="Mount point in a container; informational for processes.",
+    )
+    mode: str = Field(default="mount", pattern="^(mount|stream)$", description="mount: filled before start.")
+    locality: str = Field(
+        default="preferred",
+        pattern="^(preferred|required)$",
+        description="preferred: nodes with more of it cached first; required: only nodes holding all of it.",
+    )
+    dataset_id: uuid.UUID | None = Field(default=None, description="Set by the control plane at submit.")
+
+    @property
+    def env_name(self) -> str:
+        """``TESSERA_DATA_<NAME>``: upper case, '-' as '_'."""
+        return "TESSERA_DATA_" + self.dataset.upper().replace("-", "_")
+
+
 class RetryPolicy(Model):
     max_retries: int = Field(default=0, ge=0, le=100)
 
@@ -185,6 +211,7 @@ class JobSpec(Model):
         default=None, description="How long the job expects to run (lets it backfill); e.g. 2h."
     )
     elastic: ElasticSpec | None = Field(default=None, description="Set for kind elastic, only then.")
+    data: list[DataMount] = Field(default_factory=list, max_length=16, description="Datasets it reads.")
     labels: Labels = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -192,6 +219,9 @@ class JobSpec(Model):
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"groups must have distinct names, got {names}")
+        names = [d.dataset for d in self.data]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data names a dataset twice: {names}")
         if (self.kind == "elastic") != (self.elastic is not None):
             raise ValueError(
                 "kind elastic needs the elastic section (min_workers, max_workers, entry), "

@@ -29,6 +29,22 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
+def data_mounts(values: list[str]) -> list[dict[str, str]]:
+    """``--data NAME:/path[:required]`` (Arena's spelling) as the API's data mounts."""
+    mounts = []
+    for value in values:
+        name, _, rest = value.partition(":")
+        path, _, locality = rest.partition(":")
+        if not name or (rest and not path.startswith("/")) or locality not in ("", "required", "preferred"):
+            form = "NAME:/path or NAME:/path:required"
+            raise typer.BadParameter(f"{value!r} is not {form}", param_hint="--data")
+        mount = {"dataset": name, "path": path or "/data"}
+        if locality:
+            mount["locality"] = locality
+        mounts.append(mount)
+    return mounts
+
+
 def _duration(value: str | None, flag: str) -> str | None:
     if value is None:
         return None
@@ -76,6 +92,14 @@ def submit_train(
     workdir: Annotated[str | None, typer.Option(help="Working directory of each task.")] = None,
     image: Annotated[str | None, typer.Option(help="Container image (container backends only).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help="NAME:/path: a dataset cached on the node before start, seen at $TESSERA_DATA_<NAME>; "
+            "NAME:/path:required to run only where it is all cached (repeatable).",
+        ),
+    ] = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Submit a training job: tessera submit train|pytorchjob --name N --workers 2 --gpus 1 -- python train.py
@@ -113,6 +137,7 @@ def submit_train(
     body: dict[str, Any] = {
         "project": project,
         "kind": kind,
+        "data": data_mounts(data or []),
         "groups": [group],
         "preemptible": preemptible,
         "retry": {"max_retries": retries},

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from tessera.api.jobs import Allocation, Job, JobState, Task
+from tessera.api.jobs import Allocation, DataMount, Job, JobState, Task
 
 # job states in which a task of the current attempt should be running on its node
 RUN_STATES = frozenset(
@@ -43,6 +43,8 @@ class TaskLaunch:
     cwd: str | None
     image: str | None
     slices: tuple[Allocation, ...] = ()
+    # datasets the node caches before the task starts; TESSERA_DATA_<NAME> points at its copy
+    data: tuple[DataMount, ...] = ()
 
     @property
     def key(self) -> str:
@@ -106,6 +108,7 @@ def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[Ta
                 cwd=group.working_dir,
                 image=group.image,
                 slices=tuple(_gpu_slices(slices.get(task.id, []))),
+                data=tuple(job.spec.data),
             )
         )
     return out

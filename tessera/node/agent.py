@@ -109,6 +109,7 @@ class Agent:
         self.url = ""
         self.outbox: deque[NodeEvent] = deque(maxlen=OUTBOX)
         self._outbox_lock = threading.Lock()
+        self.data: DataManager | None = None  # the dataset cache, opened once the agent holds its lock
         self.enforcement = NodeEnforcement(
             config.name, config.device, self.state_dir, config.enforcement, self._event
         )
@@ -147,7 +148,7 @@ class Agent:
             self.http, self.config.name, self.state_dir / "assignments.json", self.changed
         )
         self.enforcement.start()
-        data = DataManager(
+        self.data = data = DataManager(
             self.http, self.config.name, self.state_dir / "cache", self.config.cache_capacity_bytes
         )
         threads = [
@@ -242,6 +243,10 @@ class Agent:
         assert self.feed is not None
         desired = self.desired()
         self.enforcement.set_slices(desired.values(), self.feed.snapshot(), self.jobs_dir)
+        if self.data is not None:  # datasets running tasks mount are never evicted
+            self.data.cache.set_pins(
+                {str(m.dataset_id) for t in desired.values() for m in t.data if m.dataset_id}
+            )
         on_disk = {d.key: d for d in self.task_dirs()}
         for key, launch in desired.items():
             if key not in on_disk and key not in self.launching:
@@ -317,6 +322,10 @@ class Agent:
             if "TESSERA_ELASTIC" in launch.env:
                 env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
+            for mount in launch.data:  # filled before the task starts (mount mode)
+                if self.data is None or mount.dataset_id is None:
+                    raise RuntimeError(f"dataset {mount.dataset!r} cannot be cached on this node")
+                env[mount.env_name] = str(self.data.ensure(str(mount.dataset_id), mount.dataset))
             _check_master_port(launch.env)
             shim.launch(
                 task_dir,

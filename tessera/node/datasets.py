@@ -133,6 +133,28 @@ class DataManager:
             report(LoadState.SUCCEEDED, total, len(files), note)
         self.report_caches()
 
+    def ensure(self, dataset_id: str, name: str) -> Path:
+        """Cache a dataset a task mounts, now (the task starts once it is all here); its copy's path."""
+        r = self.http.get(f"/api/v1/nodes/{self.node}/datasets/{dataset_id}")
+        if r.status_code == 404:
+            raise RuntimeError(f"dataset {name!r}: {r.json().get('detail', 'not found')}")
+        r.raise_for_status()
+        work = LoadWork.model_validate(r.json())
+        files = [FileEntry(*f) for f in work.files]
+        try:
+            result = self.cache.materialize(
+                dataset_id, files, SourceFetcher(Source(work.spec, work.secrets)), workers=self.workers
+            )
+        except (SourceError, CacheFull) as exc:
+            raise RuntimeError(f"dataset {name!r} could not be cached here: {exc}") from None
+        if result.errors:
+            raise RuntimeError(f"dataset {name!r}: {len(result.errors)} file(s) failed: {result.errors[0]}")
+        try:
+            self.report_caches()
+        except httpx.HTTPError:
+            pass  # reported on the next pass
+        return self.cache.dataset_dir(dataset_id)
+
     def report_caches(self) -> None:
         reports = []
         for dataset in self.cache.datasets():

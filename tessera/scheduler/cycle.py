@@ -139,9 +139,9 @@ class _Cycle:
             self.tree.add(job.queue, self._victims.charges[job.job_id])
         self._shapes: dict[ShapeKey, Shape] = {}
         self._never: dict[_Signature, str | None] = {}
-        self._failed: dict[tuple[_Signature, int], str] = {}  # live attempts that failed, by state version
+        self._failed: dict[tuple[object, ...], str] = {}  # live attempts that failed, by state version
         self._hopeless: set[tuple[object, ...]] = set()  # jobs no eviction could help, by state
-        self._hints: dict[tuple[_Signature, int, bool], str] = {}  # _held_back, by state
+        self._hints: dict[tuple[object, ...], str] = {}  # _held_back, by state
         # Queues whose guarantee a preemptor holds room in this cycle, and for whom. Borrowers may not
         # take them past their guarantee until it binds, or next cycle the preemptor would borrow too,
         # lose its place before its victims and have its room taken back.
@@ -219,7 +219,7 @@ class _Cycle:
         if breach is not None:
             return self._wait(job, *self._unless_never(job, gang, signature, QUOTA_EXCEEDED, breach))
 
-        key = (signature, self.live.version)
+        key = (signature, job.data_nodes, self.live.version)
         failed = self._failed.get(key)
         attempt = (
             _Attempt([], Amounts(), failed) if failed is not None else self.attempt(job, shapes, gang, None)
@@ -231,6 +231,9 @@ class _Cycle:
             return None
         code = QUOTA_EXCEEDED if attempt.quota else UNSCHEDULABLE
         code, why = self._unless_never(job, gang, signature, code, attempt.why)
+        if job.data_nodes is not None and code == UNSCHEDULABLE:
+            where = ", ".join(sorted(job.data_nodes)) or "none yet (tessera data load NAME)"
+            why += f"; it runs only on nodes holding all of its required data: {where}"
         if code == UNSCHEDULABLE:
             self._failed[key] = why
             if job.preempting:
@@ -245,7 +248,7 @@ class _Cycle:
                 return None
             if self._reserve(job, shapes, gang, why):
                 return None
-            hint_key = (signature, self.live.version, job.expected_runtime_s is None)
+            hint_key = (signature, job.data_nodes, self.live.version, job.expected_runtime_s is None)
             if hint_key not in self._hints:
                 self._hints[hint_key] = self._held_back(job, shapes, gang)
             why += self._hints[hint_key]
@@ -501,11 +504,12 @@ class _Cycle:
                 name = queue.placement
                 break
             queue = self._placements.get(queue.parent) if queue.parent else None
+        only = job.data_nodes if isinstance(job, PendingJob) else None
         if name == FIRST_FIT:
-            return None
+            return None if only is None else Ranking(FIRST_FIT, None, only)
         if self.live.scorer is None:
             self.live.scorer = self._scorer()
-        return Ranking(name, dict(job.locality) if job.locality else None)
+        return Ranking(name, dict(job.locality) if job.locality else None, only)
 
     def _scorer(self) -> Scorer:
         scorer = Scorer(self.live.ready_nodes)
@@ -554,7 +558,14 @@ class _Cycle:
 
     def _preempt(self, job: PendingJob, shapes: Sequence[Shape], gang: int, signature: _Signature) -> bool:
         """Step 4: evict the cheapest set of victims that makes room; False if none can."""
-        key = (signature, job.queue, job.priority, self.live.version, len(self._victims.evicted))
+        key = (
+            signature,
+            job.data_nodes,
+            job.queue,
+            job.priority,
+            self.live.version,
+            len(self._victims.evicted),
+        )
         if key in self._hopeless:
             return False
         trial = _Trial(self, job, shapes, gang)

@@ -154,6 +154,8 @@ class PendingJob:
     reserved: bool = False  # it held a reservation last cycle (see backfill.py)
     # Data locality (the datasets' node caches): per node, the fraction of the job's data cached there.
     locality: tuple[tuple[str, float], ...] = ()
+    # Required data locality: only these nodes (those holding all of it) may run it; None: any.
+    data_nodes: frozenset[str] | None = None
 
     @property
     def gang_size(self) -> int:

@@ -35,6 +35,7 @@ class Ranking:
 
     policy: str
     locality: dict[str, float] | None = None
+    only: frozenset[str] | None = None  # required data locality: no other node may be chosen
 
 
 def shape_key(res: Resources) -> ShapeKey:
@@ -243,8 +244,10 @@ class Workspace:
         last one landed. A 256-task gang is then one pass over the nodes, not 256.
         """
         res = task.resources
-        if rank is not None and self.scorer is not None and res.kind is not GpuKind.MIG:
-            chosen = self.scorer.choose(res, rank.policy, rank.locality)
+        only = rank.only if rank is not None else None
+        scored = rank is not None and rank.policy != "firstfit"
+        if scored and rank is not None and self.scorer is not None and res.kind is not GpuKind.MIG:
+            chosen = self.scorer.choose(res, rank.policy, rank.locality, only)
             if chosen is None:
                 return None
             return self._take(task, *chosen)
@@ -257,7 +260,7 @@ class Workspace:
                 if pos < 0:
                     break
             node = nodes[pos]
-            if not node.holds_host(res):
+            if (only is not None and node.name not in only) or not node.holds_host(res):
                 continue
             fit = pick_gpus(node, res)
             if fit is None:

@@ -131,13 +131,22 @@ class Scorer:
         return PodRequest(cpu, res.memory, 0, 0, ())
 
     def choose(
-        self, res: Resources, placement: str, locality: dict[str, float] | None = None
+        self,
+        res: Resources,
+        placement: str,
+        locality: dict[str, float] | None = None,
+        only: frozenset[str] | None = None,
     ) -> tuple[int, list[tuple[WorkGpu, int, float]]] | None:
-        """(Ready position, GPUs with memory and compute) for one task, or None if no node fits it."""
+        """(Ready position, GPUs with memory and compute) for one task, or None if no node fits it.
+
+        ``only``: the nodes it may use at all (required data locality)."""
         self._refresh()
         pod = self.pod(res)
         chooser = self.policy(placement)
+        allowed = None if only is None else np.array([n.name in only for n in self._nodes], dtype=bool)
         feasible = self.state.feasible(pod)  # a fresh array: ours to change
+        if allowed is not None:
+            feasible &= allowed
         if locality:
             feasible = _prefer_local(feasible, [locality.get(n.name, 0.0) for n in self._nodes])
         while feasible.any():
@@ -150,6 +159,8 @@ class Scorer:
             if not feasible.any() and locality:  # the local nodes are out: any other will do
                 locality = None
                 feasible = self.state.feasible(pod).copy()
+                if allowed is not None:
+                    feasible &= allowed
                 feasible[node] = False
         return None
 

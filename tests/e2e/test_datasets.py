@@ -4,6 +4,7 @@ loads it into its cache (from moto's S3 server), progress and cached percent com
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,37 @@ def test_a_dataset_from_s3_is_loaded_into_the_node_cache(cluster: LocalCluster) 
     assert loads["status"]["nodes"][0]["source_reads"] == 12
     events = cluster.api("GET", "/api/v1/events", params={"kind": "dataset"}).json()
     assert {"Listed", "LoadStarted", "LoadSucceeded", "Ready"} <= {e["reason"] for e in events}
+
+
+def test_a_job_mounting_a_dataset_reads_the_nodes_copy(cluster: LocalCluster, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    (root / "shards").mkdir(parents=True)
+    for i in range(5):
+        (root / "shards" / f"{i}.txt").write_text(f"shard {i}\n" * 100)
+    assert cluster.cli("data", "create", "corpus", "--source", f"file://{root}").returncode == 0
+    wait_until(lambda: dataset(cluster, "corpus")["status"]["phase"] == "NotCached", 60, what="listing")
+    reader = (
+        "import os, pathlib; p = pathlib.Path(os.environ['TESSERA_DATA_CORPUS']); "
+        "files = sorted(p.rglob('*.txt')); print('path', p); "
+        "print('files', len(files), 'bytes', sum(f.stat().st_size for f in files))"
+    )
+    flags = ("--data", "corpus:/data/corpus:required")
+    cluster.submit("reader", sys.executable, "-c", reader, flags=flags)
+    job = cluster.wait_state("reader", "SUCCEEDED", "FAILED", timeout=120)
+    logs = cluster.cli("logs", "reader").stdout
+    assert job["status"]["state"] == "SUCCEEDED", (job["status"], logs)
+    assert f"files 5 bytes {5 * 800}" in logs, logs
+    assert str(cluster.home / "node" / "cache" / "data") in logs  # the node's copy, never the source
+    assert str(root) not in logs
+    assert job["spec"]["data"][0]["dataset_id"] == dataset(cluster, "corpus")["id"]
+    # the cache the job filled is what the dataset reports, and it is Ready
+    ready = wait_until(lambda: dataset(cluster, "corpus")["status"]["phase"] == "Ready", 30, what="Ready")
+    assert ready
+
+    # a job mounting an unknown dataset is refused, naming the field
+    r = cluster.cli(
+        "submit", "train", "--name", "nope", "--data", "ghost:/d", "--", sys.executable, "-c", "1"
+    )
+    assert r.returncode == 1 and "data.0.dataset" in r.stderr and "no dataset named 'ghost'" in r.stderr, (
+        r.stderr
+    )

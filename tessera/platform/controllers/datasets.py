@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from sqlalchemy import select
 
-from tessera.api.datasets import DatasetPhase, DatasetSpec, DatasetStatus
+from tessera.api.datasets import DatasetPhase, DatasetSpec, DatasetStatus, LoadTrigger
+from tessera.api.jobs import JobState
 from tessera.datacache.source import LIST_TIMEOUT_S, Source, SourceError
-from tessera.platform.services.datasets import record_listing, secret_values
+from tessera.platform.problems import Conflict, Invalid
+from tessera.platform.services.datasets import record_listing, secret_values, start_load
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import DatasetRow
+from tessera.platform.store.rows import DatasetRow, JobRow, ProjectRow
 
 log = logging.getLogger(__name__)
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="list-source")
@@ -46,3 +49,32 @@ def list_sources(db: Database, timeout: float = LIST_TIMEOUT_S) -> int:
         if record_listing(db, dataset_id, version, manifest, error, spec.cache.capacity_mib):
             settled += 1
     return settled
+
+
+def prewarm_for_jobs(db: Database) -> int:
+    """Start a load (trigger ``job``) of every dataset a pending job requires that no node holds yet."""
+    with db.read() as session:
+        wanted: set[uuid.UUID] = set()
+        pending = select(JobRow.spec).where(JobRow.state == JobState.PENDING.value)
+        for (spec,) in session.execute(pending).all():
+            for mount in spec.get("data") or []:
+                if mount.get("locality") == "required" and mount.get("dataset_id"):
+                    wanted.add(uuid.UUID(mount["dataset_id"]))
+    if not wanted:
+        return 0
+    started = 0
+    with db.write() as tx:
+        for dataset_id in sorted(wanted):
+            row = tx.session.get(DatasetRow, dataset_id)
+            if row is None:
+                continue
+            status = DatasetStatus.model_validate(row.status)
+            if status.phase is not DatasetPhase.NOT_CACHED:
+                continue  # listed not yet, loading, ready or failed: nothing to start
+            project = tx.session.get(ProjectRow, row.project_id)
+            try:
+                start_load(tx, row, project.name if project else "?", [], LoadTrigger.JOB)
+                started += 1
+            except (Conflict, Invalid) as exc:  # no Ready node: the job's reason says why it waits
+                log.info("cannot prewarm %s for a job: %s", row.name, exc)
+    return started

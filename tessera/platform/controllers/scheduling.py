@@ -29,7 +29,7 @@ from tessera.scheduler.preempt import PREEMPTING
 from tessera.scheduler.registry import make
 
 log = logging.getLogger(__name__)
-KINDS = ("job", "node", "queue")
+KINDS = ("job", "node", "queue", "dataset")
 
 
 def _both_preempting(old: PendingReason | None, new: PendingReason) -> bool:

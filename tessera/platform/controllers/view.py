@@ -19,14 +19,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from tessera.api.cluster import Node, NodeState
+from tessera.api.datasets import Dataset
 from tessera.api.events import Change
-from tessera.api.jobs import Allocation, Job, JobState, Task, TaskState
+from tessera.api.jobs import Allocation, DataMount, Job, JobState, Task, TaskState
 from tessera.api.queues import Queue
 from tessera.api.resources import ResourceAmounts
 from tessera.platform.services import convert
+from tessera.platform.services.datasets import render_dataset
 from tessera.platform.services.jobs import render_job
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import AllocationRow, JobRow, NodeRow, QueueRow, RevisionRow
+from tessera.platform.store.rows import AllocationRow, DatasetRow, JobRow, NodeRow, QueueRow, RevisionRow
 from tessera.scheduler import model
 from tessera.scheduler.backfill import RESERVED
 from tessera.scheduler.preempt import PREEMPTING
@@ -63,6 +65,7 @@ class ClusterView:
     jobs: dict[uuid.UUID, Job] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     queues: dict[str, Queue] = field(default_factory=dict)
+    datasets: dict[uuid.UUID, Dataset] = field(default_factory=dict)
     _derived: dict[uuid.UUID, _Derived] = field(default_factory=dict)
     _on_node: dict[str, set[uuid.UUID]] = field(default_factory=lambda: defaultdict(set))
     _node_states: dict[str, model.NodeState] = field(default_factory=dict)
@@ -76,6 +79,11 @@ class ClusterView:
                 self.remove_job(change.id)
             else:
                 self.put_job(Job.model_validate(change.object))
+        elif change.kind == "dataset":
+            if change.op == "delete" or change.object is None:
+                self.datasets.pop(change.id, None)
+            else:
+                self.datasets[change.id] = Dataset.model_validate(change.object)
         elif change.kind == "queue":
             if change.op == "delete" or change.object is None:
                 self.queues = {k: v for k, v in self.queues.items() if v.id != change.id}
@@ -130,6 +138,9 @@ class ClusterView:
                 job = derived.pending
                 if derived.claim_until is not None and now < derived.claim_until:
                     job = dataclasses.replace(job, preempting=True)
+                mounts = self.jobs[job.job_id].spec.data
+                if mounts:
+                    job = self._with_data(job, mounts)
                 pending.append(job)
             elif derived.running is not None:
                 running.append(derived.running)
@@ -144,6 +155,28 @@ class ClusterView:
             queues=self._queue_states,
             placement=self.placement,
         )
+
+    def _with_data(self, job: model.PendingJob, mounts: list[DataMount]) -> model.PendingJob:
+        """The job's data locality: per node, the share of its datasets' bytes cached there; and, if
+        a mount requires it, the nodes holding all of those datasets."""
+        total = 0
+        held: dict[str, int] = defaultdict(int)
+        required: list[set[str]] = []
+        for mount in mounts:
+            dataset = self.datasets.get(mount.dataset_id) if mount.dataset_id else None
+            size = dataset.status.total_bytes if dataset is not None else None
+            full: set[str] = set()
+            if dataset is not None and size:
+                total += size
+                for cache in dataset.status.nodes:
+                    held[cache.node] += min(cache.cached_bytes, size)
+                    if cache.cached_bytes >= size:
+                        full.add(cache.node)
+            if mount.locality == "required":
+                required.append(full)
+        locality = tuple(sorted((n, b / total) for n, b in held.items() if b)) if total else ()
+        only = frozenset(set.intersection(*required)) if required else None
+        return dataclasses.replace(job, locality=locality, data_nodes=only)
 
     def _node_state(self, node: Node) -> model.NodeState:
         gpu_memory: dict[str, int] = defaultdict(int)
@@ -332,6 +365,8 @@ def load_view(db: Database, placement: str = "tessera") -> ClusterView:
             view._stale.add(node.name)
         for queue_row in session.execute(select(QueueRow)).scalars():
             view.queues[queue_row.name] = convert.queue(queue_row)
+        for dataset_row in session.execute(select(DatasetRow)).scalars():
+            view.datasets[dataset_row.id] = render_dataset(session, dataset_row)
         draining = select(AllocationRow.job_id).where(AllocationRow.releasing.is_(True))
         live_or_draining = JobRow.live_name.is_not(None) | JobRow.id.in_(draining)
         for row in session.execute(select(JobRow).where(live_or_draining)).scalars():

@@ -72,6 +72,13 @@ async def node_loads(name: str, db: DbDep, caller: NodePrincipal) -> list[LoadWo
     return await run_in_threadpool(dataloads.node_work, db, name)
 
 
+@router.get("/{name}/datasets/{dataset_id}", response_model=LoadWork)
+async def dataset_work(name: str, dataset_id: uuid.UUID, db: DbDep, caller: NodePrincipal) -> LoadWork:
+    """A dataset a task on this node mounts: its files and its source's credentials (node agents only)."""
+    await run_in_threadpool(service.check_agent, db, caller, name)
+    return await run_in_threadpool(dataloads.dataset_work, db, dataset_id)
+
+
 @router.post("/{name}/loads/{load_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def report_load(
     name: str, load_id: uuid.UUID, req: LoadReport, db: DbDep, caller: NodePrincipal

@@ -12,6 +12,7 @@ every byte of it, never half-cached.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 
@@ -51,28 +52,42 @@ def node_work(db: Database, node: str) -> list[LoadWork]:
             dataset = session.get(DatasetRow, load.dataset_id)
             if dataset is None or dataset.manifest is None:
                 continue
-            spec = DatasetSpec.model_validate(dataset.spec)
-            secrets: dict[str, str] = {}
-            if spec.credentials:
-                secret = session.execute(
-                    select(SecretRow).where(
-                        SecretRow.project_id == dataset.project_id, SecretRow.name == spec.credentials
-                    )
-                ).scalar_one_or_none()
-                secrets = dict(secret.data) if secret is not None else {}
-            project = session.get(ProjectRow, dataset.project_id)
-            out.append(
-                LoadWork(
-                    load_id=str(load.id),
-                    dataset_id=str(dataset.id),
-                    dataset=dataset.name,
-                    project=project.name if project else "?",
-                    spec=spec,
-                    files=[(str(f[0]), int(f[1]), str(f[2])) for f in dataset.manifest],
-                    secrets=secrets,
-                )
-            )
+            out.append(_work(session, dataset, str(load.id)))
         return out
+
+
+def dataset_work(db: Database, dataset_id: uuid.UUID) -> LoadWork:
+    """What a node needs to cache one dataset for a task that mounts it."""
+    with db.read() as session:
+        dataset = session.get(DatasetRow, dataset_id)
+        if dataset is None:
+            raise NotFound(f"no dataset with id {dataset_id} (deleted?)")
+        if dataset.manifest is None:
+            status = DatasetStatus.model_validate(dataset.status)
+            raise NotFound(f"dataset {dataset.name!r} is not listed yet ({status.phase}: {status.message})")
+        return _work(session, dataset, "")
+
+
+def _work(session: Any, dataset: DatasetRow, load_id: str) -> LoadWork:
+    spec = DatasetSpec.model_validate(dataset.spec)
+    secrets: dict[str, str] = {}
+    if spec.credentials:
+        secret = session.execute(
+            select(SecretRow).where(
+                SecretRow.project_id == dataset.project_id, SecretRow.name == spec.credentials
+            )
+        ).scalar_one_or_none()
+        secrets = dict(secret.data) if secret is not None else {}
+    project = session.get(ProjectRow, dataset.project_id)
+    return LoadWork(
+        load_id=load_id,
+        dataset_id=str(dataset.id),
+        dataset=dataset.name,
+        project=project.name if project else "?",
+        spec=spec,
+        files=[(str(f[0]), int(f[1]), str(f[2])) for f in dataset.manifest or []],
+        secrets=secrets,
+    )
 
 
 def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport) -> None:

@@ -421,3 +421,34 @@ def list_loads(db: Database, caller: Principal, project: str, name: str) -> list
             select(DataLoadRow).where(DataLoadRow.dataset_id == row.id).order_by(DataLoadRow.number.desc())
         ).scalars()
         return [render_load(r, row.name, project) for r in loads]
+
+
+def resolve_mounts(tx: Tx, project_id: uuid.UUID, project: str, mounts: list[Any]) -> None:
+    """Check a job's data mounts against the project's datasets and pin each to its dataset's id."""
+    for i, mount in enumerate(mounts):
+        row = tx.session.execute(
+            select(DatasetRow).where(DatasetRow.project_id == project_id, DatasetRow.name == mount.dataset)
+        ).scalar_one_or_none()
+        if row is None:
+            known = sorted(
+                tx.session.execute(
+                    select(DatasetRow.name).where(DatasetRow.project_id == project_id)
+                ).scalars()
+            )
+            raise Invalid(
+                f"no dataset named {mount.dataset!r} in project {project!r}; its datasets: {known or 'none'} "
+                f"(create one with `tessera data create`)",
+                field=f"data.{i}.dataset",
+            )
+        status = DatasetStatus.model_validate(row.status)
+        if status.phase is DatasetPhase.FAILED:
+            raise Invalid(
+                f"dataset {mount.dataset!r} cannot be cached: {status.message}", field=f"data.{i}.dataset"
+            )
+        if mount.mode == "stream":
+            raise Invalid(
+                "stream mode (reads through a block cache) is not available yet; use mount "
+                "(the dataset is cached on the node before the task starts)",
+                field=f"data.{i}.mode",
+            )
+        mount.dataset_id = row.id

@@ -294,6 +294,10 @@ def _insert(
                 field=f"groups.{i}.resources",
             )
     checkpoint_root, root_is_local = checkpoints
+    if spec.data:
+        from tessera.platform.services.datasets import resolve_mounts
+
+        resolve_mounts(tx, project.id, project.name, spec.data)
     if spec.elastic is not None:
         _check_elastic(spec.elastic, spec.groups[0].resources, nodes)
         if spec.elastic.storage is None and root_is_local and len(_hosts(tx)) > 1:
