@@ -264,6 +264,19 @@ class Secret(Meta):
 # node agents ---------------------------------------------------------------------------------
 
 
+class PeerCache(Model):
+    """A peer node that holds (some of) a dataset: where its agent serves it, and the read token."""
+
+    node: str
+    url: str
+    token: str = Field(description="Grants reads of that node's cache, nothing else.")
+
+    def __repr__(self) -> str:
+        return f"PeerCache(node={self.node!r}, url={self.url!r})"
+
+    __str__ = __repr__
+
+
 class LoadWork(Model):
     """What a node agent is asked to load: the dataset, its files, and what its source needs."""
 
@@ -274,6 +287,7 @@ class LoadWork(Model):
     spec: DatasetSpec
     files: list[tuple[str, int, str]] = Field(description="(path, size, etag) of every selected file.")
     secrets: dict[str, str] = Field(default_factory=dict, description="Only ever sent to node agents.")
+    peers: list[PeerCache] = Field(default_factory=list, description="Nodes to read from before the source.")
 
     def __repr__(self) -> str:
         return f"LoadWork(load_id={self.load_id!r}, dataset={self.dataset!r}, files={len(self.files)})"

@@ -113,8 +113,9 @@ class NodeCache:
 
     # reading ---------------------------------------------------------------------------------
 
-    def lookup(self, dataset: str, path: str, etag: str | None = None) -> Path | None:
-        """The cached file if it is complete (and of that etag); a hit is counted and its age reset."""
+    def lookup(self, dataset: str, path: str, etag: str | None = None, count: bool = True) -> Path | None:
+        """The cached file if it is complete (and of that etag); its age is reset and (``count``) a
+        local hit counted (a peer's read is counted by the peer)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT etag FROM files WHERE dataset=? AND path=? AND complete=1", (dataset, path)
@@ -124,7 +125,8 @@ class NodeCache:
             self._db.execute(
                 "UPDATE files SET last_access=? WHERE dataset=? AND path=?", (time.time(), dataset, path)
             )
-            self._count(dataset, "local_hits")
+            if count:
+                self._count(dataset, "local_hits")
         return self.path(dataset, path)
 
     def _count(self, dataset: str, column: str, by: int = 1) -> None:

@@ -18,6 +18,7 @@ import httpx
 from tessera.api.datasets import CacheReport, LoadReport, LoadState, LoadWork
 from tessera.datacache.cache import CacheFull, NodeCache
 from tessera.datacache.fetch import SourceFetcher
+from tessera.datacache.peers import PeerFetcher
 from tessera.datacache.source import FileEntry, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,13 @@ class DataManager:
         r.raise_for_status()
         work = LoadWork.model_validate(r.json())
         files = [FileEntry(*f) for f in work.files]
+        fetcher = PeerFetcher(work.peers, SourceFetcher(Source(work.spec, work.secrets)))
         try:
-            result = self.cache.materialize(
-                dataset_id, files, SourceFetcher(Source(work.spec, work.secrets)), workers=self.workers
-            )
+            result = self.cache.materialize(dataset_id, files, fetcher, workers=self.workers)
         except (SourceError, CacheFull) as exc:
             raise RuntimeError(f"dataset {name!r} could not be cached here: {exc}") from None
+        finally:
+            fetcher.close()
         if result.errors:
             raise RuntimeError(f"dataset {name!r}: {len(result.errors)} file(s) failed: {result.errors[0]}")
         try:

@@ -1,4 +1,5 @@
-"""The agent's small HTTP server: task logs for the control plane (bearer: the agent secret)."""
+"""The agent's small HTTP server: task logs for the control plane (bearer: the agent secret), and
+cached dataset files for peer nodes (their peer token)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
+from tessera.datacache.peers import add_cache_routes
 from tessera.node import logs, shim
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ def build_app(agent: Agent) -> FastAPI:
             logs.stream(path, start, follow, finished), media_type="text/plain; charset=utf-8"
         )
 
+    # dataset files this node holds, for peers loading the same dataset (peer token: cache reads only)
+    add_cache_routes(app, lambda: agent.data.cache if agent.data is not None else None, lambda: agent.secret)
     return app
 
 

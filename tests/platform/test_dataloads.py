@@ -76,3 +76,30 @@ def test_no_ready_node_no_load(api: Api, tmp_path: Path) -> None:
     list_sources(api.db)
     r = api.call("POST", "/api/v1/datasets/d/loads")
     assert r.status_code == 409 and "no Ready node" in r.text
+
+
+def test_a_loading_node_is_told_which_peers_hold_the_dataset(api: Api, tmp_path: Path) -> None:
+    from tessera.datacache.peers import peer_token
+
+    inventory = {"gpus": [], "cpu": 8, "memory": "32Gi", "simulated": True}
+    tokens = {}
+    for name in ("n1", "n2"):
+        tokens[name] = api.user(f"agent-{name}", role=None, scopes=["node"])
+        body = {
+            "name": name,
+            "inventory": inventory,
+            "agent_url": f"http://127.0.0.1:9{name[1]}00",
+            "agent_secret": f"secret-of-{name}-0123456789",
+        }
+        assert api.call("POST", "/api/v1/nodes", token=tokens[name], json=body).status_code == 200
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    dataset_id = get(api, "d")["id"]
+    caches(api, tokens["n1"], "n1", dataset_id, 1000, 1)
+    work = api.call("GET", f"/api/v1/nodes/n2/datasets/{dataset_id}", token=tokens["n2"]).json()
+    assert work["peers"] == [
+        {"node": "n1", "url": "http://127.0.0.1:9100", "token": peer_token("secret-of-n1-0123456789")}
+    ]
+    assert "secret-of-n1" not in str(work)  # the read token, never the agent's secret
+    mine = api.call("GET", f"/api/v1/nodes/n1/datasets/{dataset_id}", token=tokens["n1"]).json()
+    assert mine["peers"] == []  # not itself

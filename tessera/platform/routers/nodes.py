@@ -76,7 +76,7 @@ async def node_loads(name: str, db: DbDep, caller: NodePrincipal) -> list[LoadWo
 async def dataset_work(name: str, dataset_id: uuid.UUID, db: DbDep, caller: NodePrincipal) -> LoadWork:
     """A dataset a task on this node mounts: its files and its source's credentials (node agents only)."""
     await run_in_threadpool(service.check_agent, db, caller, name)
-    return await run_in_threadpool(dataloads.dataset_work, db, dataset_id)
+    return await run_in_threadpool(dataloads.dataset_work, db, dataset_id, name)
 
 
 @router.post("/{name}/loads/{load_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tessera.api.cluster import NodeState
 from tessera.api.datasets import (
     CacheReport,
     DatasetPhase,
@@ -25,7 +26,9 @@ from tessera.api.datasets import (
     LoadReport,
     LoadState,
     LoadWork,
+    PeerCache,
 )
+from tessera.datacache.peers import peer_token
 from tessera.platform.problems import NotFound
 from tessera.platform.services.common import put
 from tessera.platform.services.datasets import LIVE_LOADS, _event, render_dataset, render_load
@@ -34,6 +37,7 @@ from tessera.platform.store.rows import (
     DataLoadRow,
     DatasetCacheRow,
     DatasetRow,
+    NodeRow,
     ProjectRow,
     SecretRow,
 )
@@ -52,11 +56,11 @@ def node_work(db: Database, node: str) -> list[LoadWork]:
             dataset = session.get(DatasetRow, load.dataset_id)
             if dataset is None or dataset.manifest is None:
                 continue
-            out.append(_work(session, dataset, str(load.id)))
+            out.append(_work(session, dataset, str(load.id), node))
         return out
 
 
-def dataset_work(db: Database, dataset_id: uuid.UUID) -> LoadWork:
+def dataset_work(db: Database, dataset_id: uuid.UUID, node: str) -> LoadWork:
     """What a node needs to cache one dataset for a task that mounts it."""
     with db.read() as session:
         dataset = session.get(DatasetRow, dataset_id)
@@ -65,10 +69,30 @@ def dataset_work(db: Database, dataset_id: uuid.UUID) -> LoadWork:
         if dataset.manifest is None:
             status = DatasetStatus.model_validate(dataset.status)
             raise NotFound(f"dataset {dataset.name!r} is not listed yet ({status.phase}: {status.message})")
-        return _work(session, dataset, "")
+        return _work(session, dataset, "", node)
 
 
-def _work(session: Any, dataset: DatasetRow, load_id: str) -> LoadWork:
+def _peers(session: Any, dataset: DatasetRow, node: str) -> list[PeerCache]:
+    """Other Ready nodes holding some of the dataset, those holding most first."""
+    rows = session.execute(
+        select(DatasetCacheRow.node, DatasetCacheRow.cached_bytes, NodeRow.agent_url, NodeRow.agent_secret)
+        .join(NodeRow, NodeRow.name == DatasetCacheRow.node)
+        .where(
+            DatasetCacheRow.dataset_id == dataset.id,
+            DatasetCacheRow.node != node,
+            DatasetCacheRow.cached_bytes > 0,
+            NodeRow.state == NodeState.READY.value,
+        )
+        .order_by(DatasetCacheRow.cached_bytes.desc(), DatasetCacheRow.node)
+    ).all()
+    return [
+        PeerCache(node=name, url=url, token=peer_token(secret))
+        for name, _, url, secret in rows
+        if url and secret
+    ]
+
+
+def _work(session: Any, dataset: DatasetRow, load_id: str, node: str) -> LoadWork:
     spec = DatasetSpec.model_validate(dataset.spec)
     secrets: dict[str, str] = {}
     if spec.credentials:
@@ -87,6 +111,7 @@ def _work(session: Any, dataset: DatasetRow, load_id: str) -> LoadWork:
         spec=spec,
         files=[(str(f[0]), int(f[1]), str(f[2])) for f in dataset.manifest or []],
         secrets=secrets,
+        peers=_peers(session, dataset, node),
     )
 
 
