@@ -14,7 +14,15 @@ from sqlalchemy import func, select
 from tessera.api.cluster import NodeState
 from tessera.api.usage import NodeUsage
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import JobRow, NodeRow, RevisionRow
+from tessera.platform.store.rows import (
+    DataLoadRow,
+    DatasetCacheRow,
+    DatasetRow,
+    JobRow,
+    NodeRow,
+    ProjectRow,
+    RevisionRow,
+)
 
 _GPU = ["node", "gpu", "model"]
 _SLICE = ["node", "gpu", "slice", "job", "project", "task", "tier"]
@@ -106,6 +114,60 @@ class UsageCollector(Collector):
         yield from s.values()
 
 
+class DatasetCollector(Collector):
+    """Per dataset and node: cached bytes and share, reads by where they were served; loads by state."""
+
+    def __init__(self, db: Callable[[], Database]) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["project", "dataset", "node"]
+        cached = GaugeMetricFamily(
+            "tessera_dataset_cached_bytes", "Bytes of a dataset a node holds.", labels=labels
+        )
+        percent = GaugeMetricFamily(
+            "tessera_dataset_cached_percent", "Share of a dataset a node holds.", labels=labels
+        )
+        reads = GaugeMetricFamily(
+            "tessera_dataset_reads",
+            "File reads by where they were served (running totals).",
+            labels=[*labels, "from"],
+        )
+        total = GaugeMetricFamily(
+            "tessera_dataset_bytes", "A dataset's size at its source.", labels=labels[:2]
+        )
+        loads = GaugeMetricFamily("tessera_dataset_loads", "Loads by state.", labels=["state"])
+        with self.db().read() as session:
+            names = {
+                d.id: (p, d.name, (d.status or {}).get("total_bytes"))
+                for d, p in session.execute(
+                    select(DatasetRow, ProjectRow.name).join(
+                        ProjectRow, ProjectRow.id == DatasetRow.project_id
+                    )
+                ).all()
+            }
+            for project, name, size in names.values():
+                if size is not None:
+                    total.add_metric([project, name], size)
+            for c in session.execute(select(DatasetCacheRow)).scalars():
+                if c.dataset_id not in names:
+                    continue
+                project, name, size = names[c.dataset_id]
+                cached.add_metric([project, name, c.node], c.cached_bytes)
+                percent.add_metric([project, name, c.node], 100.0 * c.cached_bytes / size if size else 0.0)
+                for where, count in (
+                    ("local", c.local_hits),
+                    ("peer", c.peer_hits),
+                    ("source", c.source_reads),
+                ):
+                    reads.add_metric([project, name, c.node, where], count)
+            for state, count in session.execute(
+                select(DataLoadRow.state, func.count()).group_by(DataLoadRow.state)
+            ):
+                loads.add_metric([state], count)
+        yield from (total, cached, percent, reads, loads)
+
+
 class Metrics:
     def __init__(self, db: Callable[[], Database]) -> None:
         self.registry = CollectorRegistry()
@@ -123,6 +185,7 @@ class Metrics:
         )
         self.registry.register(StoreCollector(db))
         self.registry.register(UsageCollector(db))
+        self.registry.register(DatasetCollector(db))
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")

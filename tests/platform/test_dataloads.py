@@ -103,3 +103,32 @@ def test_a_loading_node_is_told_which_peers_hold_the_dataset(api: Api, tmp_path:
     assert "secret-of-n1" not in str(work)  # the read token, never the agent's secret
     mine = api.call("GET", f"/api/v1/nodes/n1/datasets/{dataset_id}", token=tokens["n1"]).json()
     assert mine["peers"] == []  # not itself
+
+
+def test_a_cron_schedule_starts_loads_when_due(api: Api, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from tessera.platform.controllers.datasets import scheduled_loads
+    from tessera.platform.store.types import utcnow
+
+    node(api, "n1")
+    create(api, "d", f"file://{files(tmp_path / 'data')}", load_schedule="*/5 * * * *")
+    list_sources(api.db)
+    now = utcnow()
+    assert scheduled_loads(api.db, now=now - timedelta(hours=1)) == 0  # not due before it existed
+    assert scheduled_loads(api.db, now=now + timedelta(minutes=6)) == 1
+    assert scheduled_loads(api.db, now=now + timedelta(minutes=7)) == 0  # not over a live load
+    loads = api.call("GET", "/api/v1/datasets/d/loads").json()
+    assert [(x["number"], x["trigger"]) for x in loads] == [(1, "schedule")]
+
+
+def test_dataset_metrics(api: Api, tmp_path: Path) -> None:
+    token = node(api, "n1")
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    caches(api, token, "n1", get(api, "d")["id"], 1500, 1)
+    metrics_token = api.user("scraper", role=None, scopes=["metrics"])
+    text = api.call("GET", "/metrics", token=metrics_token).text
+    assert 'tessera_dataset_bytes{dataset="d",project="default"} 3000.0' in text
+    assert 'tessera_dataset_cached_percent{dataset="d",node="n1",project="default"} 50.0' in text
+    assert 'tessera_dataset_reads{dataset="d",from="local",node="n1",project="default"} 3.0' in text

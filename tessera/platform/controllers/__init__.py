@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi.concurrency import run_in_threadpool
 
 from tessera.platform.controllers.compaction import compact_change_log
-from tessera.platform.controllers.datasets import list_sources, prewarm_for_jobs
+from tessera.platform.controllers.datasets import list_sources, prewarm_for_jobs, scheduled_loads
 from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.pending import reconcile_pending
 from tessera.platform.controllers.scheduling import SchedulingLoop
@@ -42,7 +42,9 @@ def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
             _loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout, watching_since=started))
         ),
         asyncio.create_task(_loop("deadlines", 2.0, lambda: reconcile_pending(db))),
-        asyncio.create_task(_loop("datasets", 1.0, lambda: (list_sources(db), prewarm_for_jobs(db)))),
+        asyncio.create_task(
+            _loop("datasets", 1.0, lambda: (list_sources(db), prewarm_for_jobs(db), scheduled_loads(db)))
+        ),
         asyncio.create_task(
             _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))
         ),

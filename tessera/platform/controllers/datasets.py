@@ -6,16 +6,18 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tessera.api.datasets import DatasetPhase, DatasetSpec, DatasetStatus, LoadTrigger
 from tessera.api.jobs import JobState
 from tessera.datacache.source import LIST_TIMEOUT_S, Source, SourceError
 from tessera.platform.problems import Conflict, Invalid
-from tessera.platform.services.datasets import record_listing, secret_values, start_load
+from tessera.platform.services.datasets import LIVE_LOADS, record_listing, secret_values, start_load
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import DatasetRow, JobRow, ProjectRow
+from tessera.platform.store.rows import DataLoadRow, DatasetRow, JobRow, ProjectRow
+from tessera.platform.store.types import utcnow
 
 log = logging.getLogger(__name__)
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="list-source")
@@ -77,4 +79,46 @@ def prewarm_for_jobs(db: Database) -> int:
                 started += 1
             except (Conflict, Invalid) as exc:  # no Ready node: the job's reason says why it waits
                 log.info("cannot prewarm %s for a job: %s", row.name, exc)
+    return started
+
+
+def scheduled_loads(db: Database, now: datetime | None = None) -> int:
+    """Start the loads datasets' cron schedules call for (one per schedule tick, none over a live one)."""
+    from croniter import croniter
+
+    now = now or utcnow()
+    started = 0
+    with db.read() as session:
+        due = []
+        for row in session.execute(select(DatasetRow)).scalars():
+            spec = DatasetSpec.model_validate(row.spec)
+            if spec.load_schedule is None:
+                continue
+            last = session.execute(
+                select(func.max(DataLoadRow.created_at)).where(
+                    DataLoadRow.dataset_id == row.id, DataLoadRow.trigger == LoadTrigger.SCHEDULE.value
+                )
+            ).scalar_one()
+            live = session.execute(
+                select(DataLoadRow.id).where(
+                    DataLoadRow.dataset_id == row.id, DataLoadRow.state.in_(LIVE_LOADS)
+                )
+            ).first()
+            since = last or row.created_at
+            if live is None and croniter(spec.load_schedule, since).get_next(datetime) <= now:
+                due.append(row.id)
+    for dataset_id in due:
+        with db.write() as tx:
+            found = tx.session.get(DatasetRow, dataset_id)
+            if found is None or DatasetStatus.model_validate(found.status).phase in (
+                DatasetPhase.PENDING,
+                DatasetPhase.FAILED,
+            ):
+                continue
+            project = tx.session.get(ProjectRow, found.project_id)
+            try:
+                start_load(tx, found, project.name if project else "?", [], LoadTrigger.SCHEDULE)
+                started += 1
+            except (Conflict, Invalid) as exc:
+                log.info("scheduled load of %s not started: %s", found.name, exc)
     return started
