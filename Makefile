@@ -45,6 +45,7 @@ bench: install $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m bench.view
 	$(BIN)/python -m bench.placement
 	$(BIN)/python -m bench.elastic
+	$(BIN)/python -m bench.datasets
 	mkdir -p bench/results
 	$(BIN)/python -m bench.openb_grid --jobs 2 | tee bench/results/openb.md
 

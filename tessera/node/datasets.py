@@ -3,7 +3,8 @@
 Loads run in their own threads (several files at once each), report progress at
 most twice a second, and end Succeeded or Failed with the reason (a source that
 cannot be read, no room, files that failed). What the cache holds of each
-dataset, and how reads went, is reported every few seconds when it changed.
+dataset, and how reads went, is reported every few seconds (the control plane
+writes what changed, and names datasets deleted since, which are dropped).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ class DataManager:
         self.cache = NodeCache(root, capacity_bytes)
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._reported: dict[str, CacheReport] = {}
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event, every: float = 1.0) -> None:
@@ -169,11 +169,13 @@ class DataManager:
                 peer_hits=s.peer_hits,
                 source_reads=s.source_reads,
             )
-            if self._reported.get(dataset) != report:
-                reports.append(report)
+            reports.append(report)  # every one, every time: the answer names the deleted ones
         if not reports:
             return
         body = {"caches": [r.model_dump(mode="json") for r in reports]}
-        self.http.post(f"/api/v1/nodes/{self.node}/caches", json=body).raise_for_status()
-        for report in reports:
-            self._reported[report.dataset_id] = report
+        r = self.http.post(f"/api/v1/nodes/{self.node}/caches", json=body)
+        r.raise_for_status()
+        gone = set(r.json().get("gone", []))
+        for dataset in gone:  # deleted: its files go now, not when eviction reaches them
+            log.info("dataset %s was deleted; dropping it from this node's cache", dataset)
+            self.cache.drop(dataset)

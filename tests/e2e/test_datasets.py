@@ -68,6 +68,10 @@ def test_a_dataset_from_s3_is_loaded_into_the_node_cache(cluster: LocalCluster) 
     assert loads["status"]["nodes"][0]["source_reads"] == 12
     events = cluster.api("GET", "/api/v1/events", params={"kind": "dataset"}).json()
     assert {"Listed", "LoadStarted", "LoadSucceeded", "Ready"} <= {e["reason"] for e in events}
+    # deleted: the node drops its copy
+    assert cluster.cli("data", "delete", "imgs").returncode == 0
+    data = cluster.home / "node" / "cache" / "data"
+    wait_until(lambda: not list(data.rglob("*.bin")), 30, what="the node to drop the deleted dataset")
 
 
 def test_a_job_mounting_a_dataset_reads_the_nodes_copy(cluster: LocalCluster, tmp_path: Path) -> None:

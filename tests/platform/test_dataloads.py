@@ -132,3 +132,14 @@ def test_dataset_metrics(api: Api, tmp_path: Path) -> None:
     assert 'tessera_dataset_bytes{dataset="d",project="default"} 3000.0' in text
     assert 'tessera_dataset_cached_percent{dataset="d",node="n1",project="default"} 50.0' in text
     assert 'tessera_dataset_reads{dataset="d",from="local",node="n1",project="default"} 3.0' in text
+
+
+def test_a_deleted_dataset_is_named_back_to_the_node(api: Api, tmp_path: Path) -> None:
+    token = node(api, "n1")
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    dataset_id = get(api, "d")["id"]
+    assert api.call("DELETE", "/api/v1/datasets/d").status_code == 204
+    body = {"caches": [{"dataset_id": dataset_id, "cached_bytes": 10, "cached_files": 1}]}
+    r = api.call("POST", "/api/v1/nodes/n1/caches", token=token, json=body)
+    assert r.status_code == 200 and r.json() == {"written": 0, "gone": [dataset_id]}

@@ -89,11 +89,15 @@ async def report_load(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{name}/caches", response_model=dict[str, int])
-async def report_caches(name: str, req: CacheReports, db: DbDep, caller: NodePrincipal) -> dict[str, int]:
-    """What this node's cache holds of each dataset, and how reads went."""
+@router.post("/{name}/caches", response_model=dict[str, int | list[str]])
+async def report_caches(
+    name: str, req: CacheReports, db: DbDep, caller: NodePrincipal
+) -> dict[str, int | list[str]]:
+    """What this node's cache holds of each dataset, and how reads went; ``gone`` lists the
+    datasets that were deleted (the node drops them)."""
     await run_in_threadpool(service.check_agent, db, caller, name)
-    return {"written": await run_in_threadpool(dataloads.report_caches, db, name, req.caches)}
+    written, gone = await run_in_threadpool(dataloads.report_caches, db, name, req.caches)
+    return {"written": written, "gone": gone}
 
 
 @router.get("", response_model=list[Node])

@@ -156,17 +156,21 @@ def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport)
         _settle_phase(tx, dataset, project_name)
 
 
-def report_caches(db: Database, node: str, reports: list[CacheReport]) -> int:
-    """What the node holds of each dataset (running totals); unknown datasets are skipped."""
+def report_caches(db: Database, node: str, reports: list[CacheReport]) -> tuple[int, list[str]]:
+    """What the node holds of each dataset (running totals); returns how many changed, and the
+    datasets that no longer exist (the node drops them from its cache)."""
     written = 0
+    gone: list[str] = []
     with db.write() as tx:
         for report in reports:
             try:
                 dataset_id = uuid.UUID(report.dataset_id)
             except ValueError:
+                gone.append(report.dataset_id)
                 continue
             dataset = tx.session.get(DatasetRow, dataset_id)
             if dataset is None:
+                gone.append(report.dataset_id)
                 continue
             row = tx.session.execute(
                 select(DatasetCacheRow).where(
@@ -187,7 +191,7 @@ def report_caches(db: Database, node: str, reports: list[CacheReport]) -> int:
             project = tx.session.get(ProjectRow, dataset.project_id)
             _settle_phase(tx, dataset, project.name if project else "?")
             written += 1
-    return written
+    return written, gone
 
 
 def _settle_phase(tx: Tx, dataset: DatasetRow, project: str) -> None:
