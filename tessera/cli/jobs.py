@@ -29,18 +29,24 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
+DATA_OPTIONS = {"required", "preferred", "stream", "mount"}
+
+
 def data_mounts(values: list[str]) -> list[dict[str, str]]:
     """``--data NAME:/path[:required]`` (Arena's spelling) as the API's data mounts."""
     mounts = []
     for value in values:
         name, _, rest = value.partition(":")
-        path, _, locality = rest.partition(":")
-        if not name or (rest and not path.startswith("/")) or locality not in ("", "required", "preferred"):
-            form = "NAME:/path or NAME:/path:required"
+        path, _, options = rest.partition(":")
+        words = [w for w in options.split(",") if w]
+        if not name or (rest and not path.startswith("/")) or not set(words) <= DATA_OPTIONS:
+            form = "NAME:/path, optionally :required and/or :stream (NAME:/path:required,stream)"
             raise typer.BadParameter(f"{value!r} is not {form}", param_hint="--data")
         mount = {"dataset": name, "path": path or "/data"}
-        if locality:
-            mount["locality"] = locality
+        if "required" in words:
+            mount["locality"] = "required"
+        if "stream" in words:
+            mount["mode"] = "stream"
         mounts.append(mount)
     return mounts
 
@@ -97,7 +103,8 @@ def submit_train(
         typer.Option(
             "--data",
             help="NAME:/path: a dataset cached on the node before start, seen at $TESSERA_DATA_<NAME>; "
-            "NAME:/path:required to run only where it is all cached (repeatable).",
+            "NAME:/path:required to run only where it is all cached, :stream to read it through a "
+            "block cache with tessera.datacache.open() (repeatable).",
         ),
     ] = None,
     output: OutputOpt = Format.TABLE,

@@ -134,6 +134,15 @@ class NodeCache:
         self._db.execute("INSERT OR IGNORE INTO stats (dataset) VALUES (?)", (dataset,))
         self._db.execute(f"UPDATE stats SET {column} = {column} + ? WHERE dataset=?", (by, dataset))
 
+    def adopt(self, dataset: str, entry: FileEntry) -> None:
+        """A complete file put in place by someone else (the block cache) joins the index."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO files (dataset, path, size, etag, complete, last_access)"
+                " VALUES (?, ?, ?, ?, 1, ?)",
+                (dataset, entry.path, entry.size, entry.etag, time.time()),
+            )
+
     def record_read(self, dataset: str, origin: str) -> None:
         """A read served from a peer or the source (stream mode)."""
         with self._lock:

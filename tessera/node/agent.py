@@ -34,6 +34,7 @@ from tessera.api.cluster import NodeInventory
 from tessera.api.events import EventType
 from tessera.api.jobs import TaskState
 from tessera.api.usage import NodeEvent
+from tessera.datacache.stream import stream_token
 from tessera.gpushare.device import DeviceBackend
 from tessera.gpushare.enforce import EnforcerConfig
 from tessera.jobs.elastic import events as train_events
@@ -322,10 +323,16 @@ class Agent:
             if "TESSERA_ELASTIC" in launch.env:
                 env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
-            for mount in launch.data:  # filled before the task starts (mount mode)
+            for mount in launch.data:
                 if self.data is None or mount.dataset_id is None:
                     raise RuntimeError(f"dataset {mount.dataset!r} cannot be cached on this node")
-                env[mount.env_name] = str(self.data.ensure(str(mount.dataset_id), mount.dataset))
+                dataset_id = str(mount.dataset_id)
+                if mount.mode == "stream":  # read through the block cache as the task goes
+                    env[mount.env_name] = str(self.data.cache.dataset_dir(dataset_id))
+                    env[f"{mount.env_name}_URL"] = f"{self.url}/stream/{dataset_id}"
+                    env[f"{mount.env_name}_TOKEN"] = stream_token(self.secret, dataset_id)
+                else:  # filled before the task starts
+                    env[mount.env_name] = str(self.data.ensure(dataset_id, mount.dataset))
             _check_master_port(launch.env)
             shim.launch(
                 task_dir,

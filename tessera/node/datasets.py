@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tessera.api.datasets import CacheReport, LoadReport, LoadState, LoadWork
+from tessera.datacache.blocks import BlockCache
 from tessera.datacache.cache import CacheFull, NodeCache
 from tessera.datacache.fetch import SourceFetcher
 from tessera.datacache.peers import PeerFetcher
@@ -24,6 +25,7 @@ from tessera.datacache.source import FileEntry, Source, SourceError
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
+STREAM_INFO_TTL_S = 60.0
 CACHES_EVERY_S = 3.0
 
 
@@ -38,6 +40,8 @@ class DataManager:
     ) -> None:
         self.http, self.node, self.workers = http, node, workers
         self.cache = NodeCache(root, capacity_bytes)
+        self.blocks = BlockCache(self.cache)
+        self._streams: dict[str, tuple[float, dict[str, FileEntry], PeerFetcher]] = {}
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -156,6 +160,34 @@ class DataManager:
         except httpx.HTTPError:
             pass  # reported on the next pass
         return self.cache.dataset_dir(dataset_id)
+
+    def read_through(self, dataset_id: str, path: str, offset: int, length: int) -> tuple[bytes, int]:
+        """Stream mode: bytes of one file through the block cache, and the file's size."""
+        entries, fetcher = self._streamed(dataset_id)
+        entry = entries.get(path)
+        if entry is None:
+            raise FileNotFoundError(f"{path} is not a file of this dataset")
+        return self.blocks.read(dataset_id, entry, offset, length, fetcher), entry.size
+
+    def _streamed(self, dataset_id: str) -> tuple[dict[str, FileEntry], PeerFetcher]:
+        """A streamed dataset's files and fetcher, asked of the control plane once a minute."""
+        with self._lock:
+            known = self._streams.get(dataset_id)
+            if known is not None and time.monotonic() - known[0] < STREAM_INFO_TTL_S:
+                return known[1], known[2]
+        r = self.http.get(f"/api/v1/nodes/{self.node}/datasets/{dataset_id}")
+        if r.status_code == 404:
+            raise FileNotFoundError(r.json().get("detail", "no such dataset"))
+        r.raise_for_status()
+        work = LoadWork.model_validate(r.json())
+        entries = {f[0]: FileEntry(*f) for f in work.files}
+        fetcher = PeerFetcher(work.peers, SourceFetcher(Source(work.spec, work.secrets)))
+        with self._lock:
+            old = self._streams.get(dataset_id)
+            self._streams[dataset_id] = (time.monotonic(), entries, fetcher)
+        if old is not None:
+            old[2].close()
+        return entries, fetcher
 
     def report_caches(self) -> None:
         reports = []

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from tessera.datacache.peers import add_cache_routes
+from tessera.datacache.stream import add_stream_routes
 from tessera.node import logs, shim
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ def build_app(agent: Agent) -> FastAPI:
 
     # dataset files this node holds, for peers loading the same dataset (peer token: cache reads only)
     add_cache_routes(app, lambda: agent.data.cache if agent.data is not None else None, lambda: agent.secret)
+    # stream-mode reads for this node's tasks (a token per dataset, in the task's environment)
+    add_stream_routes(app, lambda: agent.data, lambda: agent.secret)
     return app
 
 

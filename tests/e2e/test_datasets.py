@@ -3,6 +3,7 @@ loads it into its cache (from moto's S3 server), progress and cached percent com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -106,3 +107,35 @@ def test_a_job_mounting_a_dataset_reads_the_nodes_copy(cluster: LocalCluster, tm
     assert r.returncode == 1 and "data.0.dataset" in r.stderr and "no dataset named 'ghost'" in r.stderr, (
         r.stderr
     )
+
+
+def test_a_job_streams_a_dataset_through_the_block_cache(cluster: LocalCluster, tmp_path: Path) -> None:
+    root = tmp_path / "stream"
+    root.mkdir()
+    (root / "big.bin").write_bytes(bytes(range(256)) * (9 * MIB // 256))  # 9 MiB: three 4 MiB blocks
+    (root / "small.txt").write_text("hello\n")
+    assert cluster.cli("data", "create", "st", "--source", f"file://{root}").returncode == 0
+    wait_until(lambda: dataset(cluster, "st")["status"]["phase"] == "NotCached", 60, what="listing")
+    reader = (
+        "import hashlib; from tessera.datacache import open as data_open; "
+        "f = data_open('st', 'big.bin'); f.seek(5 * 1024 * 1024); part = f.read(1000); f.seek(0); "
+        "whole = f.read(); print('part', len(part), 'whole', len(whole), hashlib.sha256(whole).hexdigest()); "
+        "print('small', data_open('st', 'small.txt').read())"
+    )
+    cluster.submit("streamer", sys.executable, "-c", reader, flags=("--data", "st:/data/st:stream"))
+    job = cluster.wait_state("streamer", "SUCCEEDED", "FAILED", timeout=120)
+    logs = cluster.cli("logs", "streamer").stdout
+    assert job["status"]["state"] == "SUCCEEDED", (job["status"], logs)
+    digest = hashlib.sha256((root / "big.bin").read_bytes()).hexdigest()
+    assert f"part 1000 whole {9 * MIB} {digest}" in logs and "small b'hello\\n'" in logs, logs
+    # read in full, the streamed files are now the node's complete copies
+    status = wait_until(
+        lambda: (
+            (d := dataset(cluster, "st"))["status"]["nodes"]
+            and d["status"]["nodes"][0]["cached_files"] == 2
+            and d
+        ),
+        30,
+        what="the streamed files to be reported cached",
+    )["status"]
+    assert status["phase"] == "Ready" and status["nodes"][0]["source_reads"] == 4  # 3 blocks + 1

@@ -445,10 +445,4 @@ def resolve_mounts(tx: Tx, project_id: uuid.UUID, project: str, mounts: list[Any
             raise Invalid(
                 f"dataset {mount.dataset!r} cannot be cached: {status.message}", field=f"data.{i}.dataset"
             )
-        if mount.mode == "stream":
-            raise Invalid(
-                "stream mode (reads through a block cache) is not available yet; use mount "
-                "(the dataset is cached on the node before the task starts)",
-                field=f"data.{i}.mode",
-            )
         mount.dataset_id = row.id
