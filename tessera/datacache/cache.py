@@ -143,10 +143,11 @@ class NodeCache:
                 (dataset, entry.path, entry.size, entry.etag, time.time()),
             )
 
-    def record_read(self, dataset: str, origin: str) -> None:
-        """A read served from a peer or the source (stream mode)."""
+    def record_read(self, dataset: str, origin: str, count: int = 1) -> None:
+        """Reads served locally, from a peer or from the source (``origin``: local, peer, source)."""
+        column = {"local": "local_hits", "peer": "peer_hits"}.get(origin, "source_reads")
         with self._lock:
-            self._count(dataset, "peer_hits" if origin == "peer" else "source_reads")
+            self._count(dataset, column, count)
 
     # usage -----------------------------------------------------------------------------------
 

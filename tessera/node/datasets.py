@@ -153,6 +153,8 @@ class DataManager:
             raise RuntimeError(f"dataset {name!r} could not be cached here: {exc}") from None
         finally:
             fetcher.close()
+        if result.already:  # a task about to read files this node already had: local hits
+            self.cache.record_read(dataset_id, "local", result.already)
         if result.errors:
             raise RuntimeError(f"dataset {name!r}: {len(result.errors)} file(s) failed: {result.errors[0]}")
         try:

@@ -99,6 +99,14 @@ def test_a_job_mounting_a_dataset_reads_the_nodes_copy(cluster: LocalCluster, tm
     # the cache the job filled is what the dataset reports, and it is Ready
     ready = wait_until(lambda: dataset(cluster, "corpus")["status"]["phase"] == "Ready", 30, what="Ready")
     assert ready
+    # the load the job's requirement started copied the files (5 source reads); the task then found
+    # them all cached on its node (5 local hits)
+    hits = wait_until(
+        lambda: (n := dataset(cluster, "corpus")["status"]["nodes"][0])["local_hits"] == 5 and n,
+        30,
+        what="hits",
+    )
+    assert hits["source_reads"] == 5 and dataset(cluster, "corpus")["status"]["hit_ratio"] == 0.5
 
     # a job mounting an unknown dataset is refused, naming the field
     r = cluster.cli(
