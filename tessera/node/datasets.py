@@ -111,15 +111,19 @@ class DataManager:
 
         log.info("loading dataset %s (%d files, %d bytes)", work.dataset, len(files), total)
         try:
-            source = Source(work.spec, work.secrets)
-            result = self.cache.materialize(
-                work.dataset_id,
-                files,
-                SourceFetcher(source),
-                workers=self.workers,
-                progress=progress,
-                stop=self._stop,
-            )
+            # peers that hold the dataset first, then the source
+            fetcher = PeerFetcher(work.peers, SourceFetcher(Source(work.spec, work.secrets)))
+            try:
+                result = self.cache.materialize(
+                    work.dataset_id,
+                    files,
+                    fetcher,
+                    workers=self.workers,
+                    progress=progress,
+                    stop=self._stop,
+                )
+            finally:
+                fetcher.close()
         except (SourceError, CacheFull) as exc:
             report(LoadState.FAILED, 0, 0, str(exc))
             return

@@ -147,3 +147,38 @@ def test_a_job_streams_a_dataset_through_the_block_cache(cluster: LocalCluster, 
         what="the streamed files to be reported cached",
     )["status"]
     assert status["phase"] == "Ready" and status["nodes"][0]["source_reads"] == 4  # 3 blocks + 1
+
+
+def test_a_second_node_reads_from_the_first_nodes_cache(cluster: LocalCluster, tmp_path: Path) -> None:
+    from tests.e2e.test_multinode import start_second_node
+
+    root = tmp_path / "shared"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.bin").write_bytes(bytes([i]) * (MIB // 2))
+    assert cluster.cli("data", "create", "shared", "--source", f"file://{root}").returncode == 0
+    wait_until(lambda: dataset(cluster, "shared")["status"]["phase"] == "NotCached", 60, what="listing")
+    assert cluster.cli("data", "load", "shared", "--node", "vm", "--wait", timeout=120).returncode == 0
+    wait_until(
+        lambda: dataset(cluster, "shared")["status"]["nodes"], 30, what="the first copy to be reported"
+    )
+    agent = start_second_node(cluster, tmp_path, "node-b")
+    try:
+        r = cluster.cli("data", "load", "shared", "--node", "node-b", "--wait", timeout=120)
+        assert r.returncode == 0 and "Succeeded" in r.stdout, r.stdout + r.stderr
+        nodes = wait_until(
+            lambda: (
+                {n["node"]: n for n in dataset(cluster, "shared")["status"]["nodes"]}.get("node-b")
+                and {n["node"]: n for n in dataset(cluster, "shared")["status"]["nodes"]}
+            ),
+            30,
+            what="node-b's copy to be reported",
+        )
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    # node-b read every file from vm's cache over vm's agent, none from the source
+    assert nodes["node-b"]["peer_hits"] == 6 and nodes["node-b"]["source_reads"] == 0, nodes
+    assert nodes["node-b"]["cached_files"] == 6 and nodes["vm"]["source_reads"] == 6
+    copies = list((tmp_path / "node-b" / "cache" / "data").rglob("*.bin"))
+    assert sorted(p.read_bytes()[:1] for p in copies) == [bytes([i]) for i in range(6)]
