@@ -104,7 +104,8 @@ def test_a_slice_over_its_share_is_throttled_and_a_killed_agent_leaves_nothing_s
 ) -> None:
     r = cluster.cli("queue", "update", "default", "--compute-policy", "throttle", "-o", "json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["spec"]["enforcement"]["compute"] == "throttle"
-    run = ("--memory", "1Gi", "--compute", "100", "--seconds", "14", "--progress", "1")
+    # long enough to outlive the checks below on a loaded machine (the cluster's stop ends it)
+    run = ("--memory", "1Gi", "--compute", "100", "--seconds", "60", "--progress", "1")
     low = cluster.submit("low", *BURN, *run, flags=("--gpu-memory", "4Gi", "--gpu-compute", "20"))
     cluster.submit("high", *BURN, *run, flags=("--gpu-memory", "4Gi", "--gpu-compute", "80"))
     cluster.wait_state("low", "RUNNING")
