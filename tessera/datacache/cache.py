@@ -71,11 +71,18 @@ class NodeCache:
     """One node's cache; safe to use from several threads."""
 
     def __init__(
-        self, root: Path, capacity_bytes: int | None = None, high: float = 0.95, low: float = 0.7
+        self,
+        root: Path,
+        capacity_bytes: int | None = None,
+        high: float = 0.95,
+        low: float = 0.7,
+        memory_root: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.data = self.root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
+        # the memory tier: files kept in RAM (a tmpfs such as /dev/shm), linked from the disk tree
+        self.memory_root = Path(memory_root) if memory_root is not None else None
         self.capacity = capacity_bytes
         self.high, self.low = high, low
         self._lock = threading.RLock()
@@ -90,6 +97,9 @@ class NodeCache:
             "CREATE TABLE IF NOT EXISTS stats (dataset TEXT PRIMARY KEY, local_hits INTEGER DEFAULT 0,"
             " peer_hits INTEGER DEFAULT 0, source_reads INTEGER DEFAULT 0)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "tier" not in columns:
+            self._db.execute("ALTER TABLE files ADD COLUMN tier TEXT NOT NULL DEFAULT 'disk'")
 
     def close(self) -> None:
         with self._lock:
@@ -98,10 +108,29 @@ class NodeCache:
     # where things are ------------------------------------------------------------------------
 
     def path(self, dataset: str, path: str) -> Path:
-        target = (self.data / dataset / path).resolve()
-        if not str(target).startswith(str((self.data / dataset).resolve()) + os.sep):
+        """Where the file is in the dataset's tree (a link to the memory tier for files kept there)."""
+        base = os.path.normpath(self.data / dataset)
+        target = os.path.normpath(os.path.join(base, path))
+        if not target.startswith(base + os.sep):
             raise ValueError(f"{path!r} is outside the dataset")
-        return target
+        return Path(target)
+
+    def _in_memory(self, dataset: str, path: str) -> Path:
+        assert self.memory_root is not None
+        return Path(os.path.normpath(self.memory_root / dataset / path))
+
+    def _remove(self, target: Path) -> None:
+        """A cached file, and its memory-tier copy if the tree links to one."""
+        if target.is_symlink():
+            Path(os.readlink(target)).unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+
+    def memory_bytes(self, dataset: str) -> int:
+        with self._lock:
+            (used,) = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM files WHERE dataset=? AND tier='memory'", (dataset,)
+            ).fetchone()
+        return int(used)
 
     def dataset_dir(self, dataset: str) -> Path:
         return self.data / dataset
@@ -204,7 +233,7 @@ class NodeCache:
                     break
                 if dataset in protected:
                     continue
-                self.path(dataset, path).unlink(missing_ok=True)
+                self._remove(self.path(dataset, path))
                 self._db.execute("DELETE FROM files WHERE dataset=? AND path=?", (dataset, path))
                 freed += int(size)
             return freed
@@ -215,6 +244,8 @@ class NodeCache:
             self._db.execute("DELETE FROM files WHERE dataset=?", (dataset,))
             self._db.execute("DELETE FROM stats WHERE dataset=?", (dataset,))
         shutil.rmtree(self.dataset_dir(dataset), ignore_errors=True)
+        if self.memory_root is not None:
+            shutil.rmtree(self.memory_root / dataset, ignore_errors=True)
 
     # loading ---------------------------------------------------------------------------------
 
@@ -227,6 +258,7 @@ class NodeCache:
         workers: int = 8,
         progress: Callable[[int, int], None] | None = None,
         stop: threading.Event | None = None,
+        memory_quota_bytes: int = 0,
     ) -> LoadResult:
         """Copy every file not cached yet (or changed at the source); CacheFull if it cannot fit.
 
@@ -271,10 +303,17 @@ class NodeCache:
         if progress is not None:
             progress(counters["bytes"], counters["files"])
 
+        memory = {"left": max(0, memory_quota_bytes - self.memory_bytes(dataset))}
+
         def one(entry: FileEntry) -> None:
             if stop is not None and stop.is_set():
                 return
-            origin, resumed = self._copy(dataset, entry, fetcher, known.get(entry.path))
+            tier = "disk"
+            with lock:  # the memory tier takes files while its quota lasts, the disk the rest
+                if self.memory_root is not None and entry.size <= memory["left"]:
+                    memory["left"] -= entry.size
+                    tier = "memory"
+            origin, resumed = self._copy(dataset, entry, fetcher, known.get(entry.path), tier)
             with lock:
                 result.fetched += 1
                 result.resumed += int(resumed)
@@ -296,11 +335,18 @@ class NodeCache:
         return result
 
     def _copy(
-        self, dataset: str, entry: FileEntry, fetcher: Fetcher, known: tuple[int, str, int] | None
+        self,
+        dataset: str,
+        entry: FileEntry,
+        fetcher: Fetcher,
+        known: tuple[int, str, int] | None,
+        tier: str = "disk",
     ) -> tuple[str, bool]:
-        target = self.path(dataset, entry.path)
+        link = self.path(dataset, entry.path)
+        target = self._in_memory(dataset, entry.path) if tier == "memory" else link
         part = target.with_name(target.name + ".part")
         target.parent.mkdir(parents=True, exist_ok=True)
+        link.parent.mkdir(parents=True, exist_ok=True)
         offset = 0
         # a partial copy of the same version of the file resumes where it stopped
         if part.exists() and known is not None and known[1] == entry.etag and known[2] == 0:
@@ -325,11 +371,18 @@ class NodeCache:
         size = part.stat().st_size
         if size != entry.size:
             raise OSError(f"{entry.path}: got {size} bytes, expected {entry.size}; it will be fetched again")
-        os.replace(part, target)
+        if link != target:  # a memory-tier file: the dataset's tree links to it
+            self._remove(link)
+            os.replace(part, target)
+            os.symlink(target, link)
+        else:
+            if link.is_symlink():  # it was in the memory tier before
+                self._remove(link)
+            os.replace(part, target)
         with self._lock:
             self._db.execute(
-                "UPDATE files SET complete=1, last_access=? WHERE dataset=? AND path=?",
-                (time.time(), dataset, entry.path),
+                "UPDATE files SET complete=1, last_access=?, tier=? WHERE dataset=? AND path=?",
+                (time.time(), tier, dataset, entry.path),
             )
             self._count(dataset, "peer_hits" if origin == "peer" else "source_reads")
         return origin, offset > 0

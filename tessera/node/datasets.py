@@ -10,6 +10,7 @@ writes what changed, and names datasets deleted since, which are dropped).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,20 @@ STREAM_INFO_TTL_S = 60.0
 CACHES_EVERY_S = 3.0
 
 
+def memory_tier_root(node: str) -> Path | None:
+    """Where this node keeps memory-tier files: a tmpfs (/dev/shm) when there is one to write to."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        return None
+    return shm / f"tessera-cache-{node}"
+
+
+def memory_quota(work: LoadWork) -> int:
+    """Bytes of the dataset its memory tier may keep on this node (0: no memory tier)."""
+    tiers = [t for t in work.spec.cache.tiers if t.medium.value == "memory"]
+    return tiers[0].quota * 1024 * 1024 if tiers else 0
+
+
 class DataManager:
     def __init__(
         self,
@@ -39,7 +54,7 @@ class DataManager:
         workers: int = 8,
     ) -> None:
         self.http, self.node, self.workers = http, node, workers
-        self.cache = NodeCache(root, capacity_bytes)
+        self.cache = NodeCache(root, capacity_bytes, memory_root=memory_tier_root(node))
         self.blocks = BlockCache(self.cache)
         self._streams: dict[str, tuple[float, dict[str, FileEntry], PeerFetcher]] = {}
         self._running: dict[str, threading.Thread] = {}
@@ -121,6 +136,7 @@ class DataManager:
                     workers=self.workers,
                     progress=progress,
                     stop=self._stop,
+                    memory_quota_bytes=memory_quota(work),
                 )
             finally:
                 fetcher.close()
@@ -152,7 +168,9 @@ class DataManager:
         files = [FileEntry(*f) for f in work.files]
         fetcher = PeerFetcher(work.peers, SourceFetcher(Source(work.spec, work.secrets)))
         try:
-            result = self.cache.materialize(dataset_id, files, fetcher, workers=self.workers)
+            result = self.cache.materialize(
+                dataset_id, files, fetcher, workers=self.workers, memory_quota_bytes=memory_quota(work)
+            )
         except (SourceError, CacheFull) as exc:
             raise RuntimeError(f"dataset {name!r} could not be cached here: {exc}") from None
         finally:

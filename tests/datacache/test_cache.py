@@ -136,3 +136,27 @@ def test_from_an_s3_server(tmp_path: Path) -> None:
 def test_paths_cannot_escape_the_dataset(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="outside"):
         NodeCache(tmp_path / "c").path("d", "../other/x")
+
+
+def test_the_memory_tier_takes_files_up_to_its_quota_and_the_disk_the_rest(tmp_path: Path) -> None:
+    source = source_tree(tmp_path / "src", 4, 10 * KB)
+    shm = tmp_path / "shm"  # stands in for /dev/shm
+    cache = NodeCache(tmp_path / "cache", capacity_bytes=100 * KB, high=0.9, low=0.5, memory_root=shm)
+    cache.materialize("d", source.list(), SourceFetcher(source), memory_quota_bytes=25 * KB)
+    in_memory = sorted(p.name for p in shm.rglob("*.bin"))
+    links = [p for p in (tmp_path / "cache" / "data" / "d").iterdir() if p.is_symlink()]
+    assert len(in_memory) == 2 and len(links) == 2 and cache.memory_bytes("d") == 20 * KB
+    for f in source.list():  # every file reads the same through the dataset's tree
+        found = cache.lookup("d", f.path)
+        assert found is not None and found.read_bytes() == b"x" * 10 * KB
+    assert (
+        cache.materialize("d", source.list(), SourceFetcher(source), memory_quota_bytes=25 * KB).already == 4
+    )
+    # eviction takes the memory copies with their links
+    other = source_tree(tmp_path / "other", 6, 10 * KB)
+    cache.materialize("other", other.list(), SourceFetcher(other))
+    assert cache.stats("d").cached_files == 0 and not list(shm.rglob("*.bin"))
+    assert not [p for p in (tmp_path / "cache" / "data").rglob("*") if p.is_symlink()]
+    cache.materialize("d", source.list(), SourceFetcher(source), memory_quota_bytes=25 * KB)
+    cache.drop("d")
+    assert not (shm / "d").exists() and not (tmp_path / "cache" / "data" / "d").exists()

@@ -44,6 +44,16 @@ def test_a_load_on_two_replicas(api: Api, tmp_path: Path) -> None:
     )
     assert 16 < loads[0]["percent"] < 17
     assert get(api, "d")["status"]["phase"] == "Loading"
+
+    def progress() -> list[str]:
+        events = api.call("GET", "/api/v1/events", params={"kind": "dataset"}).json()
+        return [e["message"] for e in events if e["reason"] == "LoadProgress"]
+
+    assert progress() == []  # 1000 of 6000 bytes: no quarter passed yet
+    load_report(api, tokens["n2"], "n2", load, state="Running", bytes_done=1500, files_done=1)
+    messages = progress()  # 2500 of 6000: the first quarter passed
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("load 1: 42% (2500 of 6000 bytes, 2 of 6 files), eta "), messages
     # half cached on one node is not Ready, however the load goes
     caches(api, tokens["n1"], "n1", get(api, "d")["id"], 1500, 1)
     assert get(api, "d")["status"]["phase"] == "Loading"

@@ -124,6 +124,7 @@ def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport)
         if load.state not in LIVE_LOADS:
             return  # a late report on a finished load changes nothing
         nodes = [LoadProgress.model_validate(n) for n in load.nodes]
+        quarter_before = _quarter(nodes)
         if not any(n.node == node for n in nodes):
             raise NotFound(f"node {node!r} has no part in load {load_id}")
         nodes = [LoadProgress(node=node, **report.model_dump()) if n.node == node else n for n in nodes]
@@ -146,7 +147,13 @@ def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport)
         else:
             load.state = LoadState.RUNNING.value
             load.started_at = load.started_at or utcnow()
-        put(tx, "dataload", load, lambda r: render_load(r, dataset.name, project_name))
+        rendered = put(tx, "dataload", load, lambda r: render_load(r, dataset.name, project_name))
+        if load.state == LoadState.RUNNING.value and _quarter(nodes) > quarter_before:
+            eta = f", eta {rendered.eta_seconds:.0f}s" if rendered.eta_seconds is not None else ""
+            done = f"{rendered.bytes_done} of {rendered.bytes_total} bytes"
+            files = f"{rendered.files_done} of {rendered.files_total} files"
+            message = f"load {load.number}: {rendered.percent:.0f}% ({done}, {files}){eta}"
+            _event(tx, dataset, project_name, "LoadProgress", message)
         if load.state != before:
             kind = {"Running": "LoadStarted", "Succeeded": "LoadSucceeded", "Failed": "LoadFailed"}[
                 load.state
@@ -154,6 +161,12 @@ def report_load(db: Database, node: str, load_id: uuid.UUID, report: LoadReport)
             _event(tx, dataset, project_name, kind, f"load {load.number}: {load.message or load.state}",
                    warning=load.state == LoadState.FAILED.value)  # fmt: skip
         _settle_phase(tx, dataset, project_name)
+
+
+def _quarter(nodes: list[LoadProgress]) -> int:
+    """Which quarter of the load is done (0-4): a progress event marks each one passed."""
+    total = sum(n.bytes_total for n in nodes)
+    return int(4 * sum(n.bytes_done for n in nodes) / total) if total else 0
 
 
 def report_caches(db: Database, node: str, reports: list[CacheReport]) -> tuple[int, list[str]]:
