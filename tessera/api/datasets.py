@@ -55,9 +55,10 @@ class CacheMedium(enum.StrEnum):
 
 
 class CacheTier(Model):
+    """A share of the dataset's cache on a node: memory (the node's tmpfs) or disk (its cache dir)."""
+
     medium: CacheMedium
-    path: str | None = Field(default=None, description="Where on the node; default the agent's cache dir.")
-    quota: MemoryMiB = Field(description="This tier's share of the node's cache, e.g. 20Gi.")
+    quota: MemoryMiB = Field(description="This tier's share of the dataset's cache on a node, e.g. 20Gi.")
 
 
 class CachePolicy(Model):

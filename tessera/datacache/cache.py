@@ -238,6 +238,29 @@ class NodeCache:
                 freed += int(size)
             return freed
 
+    def trim(self, dataset: str, keep: set[str], capacity: int, high: float, low: float, needed: int) -> int:
+        """The dataset's own watermarks: past ``high`` x its capacity (with ``needed`` more bytes),
+        its files no longer in its listing (``keep``) go, least recently read first, down to
+        ``low`` x capacity. Returns the bytes freed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size FROM files WHERE dataset=? AND complete=1 ORDER BY last_access, path",
+                (dataset,),
+            ).fetchall()
+            held = sum(int(size) for _, size in rows)
+            if held + needed <= high * capacity:
+                return 0
+            freed = 0
+            for path, size in rows:
+                if held - freed + needed <= low * capacity:
+                    break
+                if path in keep:
+                    continue
+                self._remove(self.path(dataset, path))
+                self._db.execute("DELETE FROM files WHERE dataset=? AND path=?", (dataset, path))
+                freed += int(size)
+            return freed
+
     def drop(self, dataset: str) -> None:
         """Forget a dataset entirely (it was deleted)."""
         with self._lock:
@@ -259,10 +282,12 @@ class NodeCache:
         progress: Callable[[int, int], None] | None = None,
         stop: threading.Event | None = None,
         memory_quota_bytes: int = 0,
+        limits: tuple[int, float, float] | None = None,
     ) -> LoadResult:
         """Copy every file not cached yet (or changed at the source); CacheFull if it cannot fit.
 
         ``progress(bytes_done, files_done)`` is called as files complete (cached ones count at once).
+        ``limits``: the dataset's own (capacity bytes, high, low) watermarks on this node.
         """
         result = LoadResult(files=len(files), bytes=sum(f.size for f in files))
         if self.capacity is not None and result.bytes > self.high * self.capacity:
@@ -292,7 +317,9 @@ class NodeCache:
             else:
                 todo.append(entry)
         missing = sum(e.size for e in todo)
-        result.evicted_bytes = self.evict(missing, keep={dataset})
+        if limits is not None:  # the dataset's own capacity and watermarks come first
+            result.evicted_bytes += self.trim(dataset, {f.path for f in files}, *limits, needed=missing)
+        result.evicted_bytes += self.evict(missing, keep={dataset})
         if self.capacity is not None and self.usage() + missing > self.capacity:
             raise CacheFull(
                 f"no room for {missing} more bytes on this node: {self.usage()} of {self.capacity} bytes are "

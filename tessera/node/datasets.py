@@ -44,6 +44,15 @@ def memory_quota(work: LoadWork) -> int:
     return tiers[0].quota * 1024 * 1024 if tiers else 0
 
 
+def dataset_limits(work: LoadWork) -> tuple[int, float, float] | None:
+    """The dataset's own capacity on a node and its watermarks, if it sets a capacity."""
+    policy = work.spec.cache
+    capacity = policy.capacity_mib
+    if capacity is None:
+        return None
+    return capacity * 1024 * 1024, policy.high_watermark, policy.low_watermark
+
+
 class DataManager:
     def __init__(
         self,
@@ -137,6 +146,7 @@ class DataManager:
                     progress=progress,
                     stop=self._stop,
                     memory_quota_bytes=memory_quota(work),
+                    limits=dataset_limits(work),
                 )
             finally:
                 fetcher.close()
@@ -169,7 +179,12 @@ class DataManager:
         fetcher = PeerFetcher(work.peers, SourceFetcher(Source(work.spec, work.secrets)))
         try:
             result = self.cache.materialize(
-                dataset_id, files, fetcher, workers=self.workers, memory_quota_bytes=memory_quota(work)
+                dataset_id,
+                files,
+                fetcher,
+                workers=self.workers,
+                memory_quota_bytes=memory_quota(work),
+                limits=dataset_limits(work),
             )
         except (SourceError, CacheFull) as exc:
             raise RuntimeError(f"dataset {name!r} could not be cached here: {exc}") from None

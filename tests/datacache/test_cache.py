@@ -160,3 +160,19 @@ def test_the_memory_tier_takes_files_up_to_its_quota_and_the_disk_the_rest(tmp_p
     cache.materialize("d", source.list(), SourceFetcher(source), memory_quota_bytes=25 * KB)
     cache.drop("d")
     assert not (shm / "d").exists() and not (tmp_path / "cache" / "data" / "d").exists()
+
+
+def test_a_datasets_own_watermarks_drop_its_files_no_longer_listed(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    source = source_tree(root, 6, 10 * KB)
+    cache = NodeCache(tmp_path / "cache")  # no node capacity: only the dataset's own applies
+    cache.materialize("d", source.list(), SourceFetcher(source))
+    for old in ("f000.bin", "f001.bin", "f002.bin"):  # the source moves on: three files go, three come
+        (root / old).unlink()
+    for new in ("g000.bin", "g001.bin", "g002.bin"):
+        (root / new).write_bytes(b"y" * 10 * KB)
+    limits = (80 * KB, 0.9, 0.6)  # 60 KiB held + 30 KiB new passes 72 KiB: trim to 48 - 30 = 18 KiB
+    result = cache.materialize("d", source.list(), SourceFetcher(source), limits=limits)
+    assert result.evicted_bytes == 30 * KB and result.fetched == 3
+    assert cache.lookup("d", "f000.bin") is None and cache.lookup("d", "g000.bin") is not None
+    assert cache.stats("d").cached_files == 6  # the listing's six, none of the stale ones
