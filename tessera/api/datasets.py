@@ -206,6 +206,7 @@ class DataLoad(Meta):
     trigger: LoadTrigger
     state: LoadState
     message: str = ""
+    include: list[str] = Field(default_factory=list, description="A subset load's globs; empty: all.")
     nodes: list[LoadProgress] = Field(default_factory=list)
     bytes_done: int = 0
     bytes_total: int = 0
@@ -220,6 +221,9 @@ class DataLoad(Meta):
 class CreateLoadRequest(Model):
     nodes: list[Name] = Field(
         default_factory=list, description="Nodes to load on; default as many as the dataset's replicas."
+    )
+    include: list[Glob] = Field(
+        default_factory=list, max_length=100, description="Load only these files (a subset); default all."
     )
 
 

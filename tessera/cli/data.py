@@ -167,12 +167,15 @@ def load(
     name: str,
     project: ProjectOpt = "default",
     node: Annotated[list[str] | None, typer.Option(help="Load on this node (repeatable).")] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Load only files matching this glob: a subset (repeatable).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow its progress until it ends.")] = False,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Prewarm node caches now (Fluid's DataLoad); --wait follows the progress."""
     with server_errors(), Client() as client:
-        started = client.load_dataset(name, project, node)
+        started = client.load_dataset(name, project, node, include)
         current = started
         while wait and current.state in (LoadState.PENDING, LoadState.RUNNING):
             time.sleep(1)

@@ -199,8 +199,14 @@ class Client:
     def delete_dataset(self, name: str, project: str = "default") -> None:
         self.request("DELETE", f"{API}/datasets/{name}", params={"project": project})
 
-    def load_dataset(self, name: str, project: str = "default", nodes: list[str] | None = None) -> DataLoad:
-        body = {"nodes": nodes or []}
+    def load_dataset(
+        self,
+        name: str,
+        project: str = "default",
+        nodes: list[str] | None = None,
+        include: list[str] | None = None,
+    ) -> DataLoad:
+        body = {"nodes": nodes or [], "include": include or []}
         r = self.request("POST", f"{API}/datasets/{name}/loads", params={"project": project}, json=body)
         return DataLoad.model_validate(r.json())
 

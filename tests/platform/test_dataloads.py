@@ -153,3 +153,18 @@ def test_a_deleted_dataset_is_named_back_to_the_node(api: Api, tmp_path: Path) -
     body = {"caches": [{"dataset_id": dataset_id, "cached_bytes": 10, "cached_files": 1}]}
     r = api.call("POST", "/api/v1/nodes/n1/caches", token=token, json=body)
     assert r.status_code == 200 and r.json() == {"written": 0, "gone": [dataset_id]}
+
+
+def test_a_subset_load_takes_only_the_files_it_names(api: Api, tmp_path: Path) -> None:
+    token = node(api, "n1")
+    create(api, "d", f"file://{files(tmp_path / 'data')}")
+    list_sources(api.db)
+    none = api.call("POST", "/api/v1/datasets/d/loads", json={"include": ["nothing-*"]})
+    assert none.status_code == 422 and none.json()["errors"][0]["field"] == "include", none.text
+    load = api.call("POST", "/api/v1/datasets/d/loads", json={"include": ["part-1*"]}).json()
+    assert load["include"] == ["part-1*"] and load["bytes_total"] == 1000 and load["files_total"] == 1
+    work = api.call("GET", "/api/v1/nodes/n1/loads", token=token).json()
+    assert [f[0] for f in work[0]["files"]] == ["part-1.bin"]
+    load_report(api, token, "n1", load, state="Succeeded", bytes_done=1000, bytes_total=1000, files_total=1)
+    caches(api, token, "n1", get(api, "d")["id"], 1000, 1)
+    assert get(api, "d")["status"]["phase"] == "NotCached"  # a subset is not the dataset: never Ready

@@ -31,7 +31,7 @@ from tessera.api.datasets import (
 from tessera.datacache.peers import peer_token
 from tessera.platform.problems import NotFound
 from tessera.platform.services.common import put
-from tessera.platform.services.datasets import LIVE_LOADS, _event, render_dataset, render_load
+from tessera.platform.services.datasets import LIVE_LOADS, _event, render_dataset, render_load, subset
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import (
     DataLoadRow,
@@ -56,7 +56,10 @@ def node_work(db: Database, node: str) -> list[LoadWork]:
             dataset = session.get(DatasetRow, load.dataset_id)
             if dataset is None or dataset.manifest is None:
                 continue
-            out.append(_work(session, dataset, str(load.id), node))
+            work = _work(session, dataset, str(load.id), node)
+            if load.include:  # a subset load
+                work.files = [tuple(f) for f in subset([list(f) for f in work.files], load.include)]
+            out.append(work)
         return out
 
 

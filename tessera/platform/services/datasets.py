@@ -8,6 +8,7 @@ per-node cache rows (what each agent reported).
 
 from __future__ import annotations
 
+import fnmatch
 import uuid
 from typing import Any
 
@@ -332,6 +333,7 @@ def render_load(row: DataLoadRow, dataset: str, project: str) -> DataLoad:
         trigger=LoadTrigger(row.trigger),
         state=LoadState(row.state),
         message=row.message,
+        include=list(row.include or []),
         nodes=nodes,
         bytes_done=done,
         bytes_total=total,
@@ -354,11 +356,19 @@ def create_load(
 ) -> DataLoad:
     caller.require(project, Role.MEMBER)
     with db.write() as tx:
-        return start_load(tx, _dataset_row(tx, project, name), project, req.nodes, trigger)
+        return start_load(tx, _dataset_row(tx, project, name), project, req.nodes, trigger, req.include)
 
 
-def start_load(tx: Tx, row: DatasetRow, project: str, nodes: list[str], trigger: LoadTrigger) -> DataLoad:
-    """A new load of the dataset, unless one is already under way (then that one)."""
+def start_load(
+    tx: Tx,
+    row: DatasetRow,
+    project: str,
+    nodes: list[str],
+    trigger: LoadTrigger,
+    include: list[str] | None = None,
+) -> DataLoad:
+    """A new load of the dataset (or of the files ``include`` selects), unless one is already under
+    way (then that one)."""
     known = set(tx.session.execute(select(NodeRow.name)).scalars())
     unknown = sorted(set(nodes) - known)
     if unknown:
@@ -374,6 +384,10 @@ def start_load(tx: Tx, row: DatasetRow, project: str, nodes: list[str], trigger:
     nodes = nodes or choose_nodes(tx, row)
     if not nodes:
         raise Conflict(f"no Ready node to load dataset {row.name!r} on")
+    chosen = subset(row.manifest or [], include or [])
+    if include and not chosen:
+        raise Invalid(f"include {include} selects none of the dataset's files", field="include")
+    size, count = sum(int(f[1]) for f in chosen), len(chosen)
     number = (
         tx.session.execute(
             select(func.max(DataLoadRow.number)).where(DataLoadRow.dataset_id == row.id)
@@ -385,16 +399,23 @@ def start_load(tx: Tx, row: DatasetRow, project: str, nodes: list[str], trigger:
         number=number,
         trigger=trigger.value,
         state=LoadState.PENDING.value,
+        include=list(include or []),
         nodes=[
-            LoadProgress(
-                node=n, bytes_total=status.total_bytes or 0, files_total=status.total_files or 0
-            ).model_dump(mode="json")
+            LoadProgress(node=n, bytes_total=size, files_total=count).model_dump(mode="json")
             for n in sorted(set(nodes))
         ],
     )
     rendered = put(tx, "dataload", load, lambda r: render_load(r, row.name, project))
-    _event(tx, row, project, "LoadRequested", f"load {number} ({trigger.value})")
+    what = f" of {count} files matching {', '.join(include)}" if include else ""
+    _event(tx, row, project, "LoadRequested", f"load {number} ({trigger.value}){what}")
     return rendered
+
+
+def subset(manifest: list[Any], include: list[str]) -> list[Any]:
+    """The manifest's files a load takes: all, or those matching one of ``include``'s globs."""
+    if not include:
+        return list(manifest)
+    return [f for f in manifest if any(fnmatch.fnmatch(str(f[0]), g) for g in include)]
 
 
 def choose_nodes(tx: Tx, dataset: DatasetRow) -> list[str]:

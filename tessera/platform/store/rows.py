@@ -312,5 +312,7 @@ class DataLoadRow(Stored):
     message: Mapped[str] = mapped_column(Text, nullable=False, default="")
     # per node: LoadProgress
     nodes: Mapped[list[Any]] = mapped_column(JSONDoc, nullable=False, default=list)
+    # globs of a subset load (empty: the whole dataset)
+    include: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False, default=list)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
