@@ -46,6 +46,13 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
+class PreconditionFailed(ApiError):
+    """A conditional request (If-Match) whose condition no longer holds (RFC 9110, 412)."""
+
+    status = 412
+    title = "Precondition Failed"
+
+
 class Unauthorized(ApiError):
     status = 401
     title = "Unauthorized"

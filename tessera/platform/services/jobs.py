@@ -32,7 +32,7 @@ from tessera.api.resources import Resources
 from tessera.jobs import pending
 from tessera.jobs.states import transition
 from tessera.platform.auth import Principal
-from tessera.platform.problems import Conflict, Invalid, NotFound
+from tessera.platform.problems import Conflict, Invalid, NotFound, PreconditionFailed
 from tessera.platform.services import convert
 from tessera.platform.services.common import emit, put, remove
 from tessera.platform.services.nodes import inventories
@@ -499,7 +499,7 @@ def cancel_job(
         job_project = tx.session.get(ProjectRow, row.project_id)
         caller.require(job_project.name if job_project else project, Role.MEMBER)
         if if_version is not None and row.version != if_version:
-            raise Conflict(
+            raise PreconditionFailed(
                 f"job {row.name!r} is at version {row.version}, not {if_version}; read it again",
                 field="If-Match",
             )
