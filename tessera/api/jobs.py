@@ -256,6 +256,10 @@ class MasterEndpoint(Model):
     node: str
     address: str
     port: int = Field(ge=1, le=65535)
+    token: str | None = Field(
+        default=None,
+        description="Elastic jobs: this attempt's Ray cluster token (visible to the job's project only).",
+    )
 
 
 class JobStatus(Model):

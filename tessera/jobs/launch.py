@@ -153,6 +153,8 @@ def _contract(
         env["TESSERA_ELASTIC"] = job.spec.elastic.model_dump_json()
         env["TESSERA_ELASTIC_ROLE"] = "head" if rank == 0 else "worker"
         env["TESSERA_RAY_ADDRESS"] = f"{master[0]}:{master[1]}"
+        if job.status.master is not None and job.status.master.token:
+            env["RAY_AUTH_TOKEN"] = job.status.master.token  # every node and the driver present it
         env["TESSERA_TASK_CPUS"] = f"{group.resources.cpu:g}"
         env["TESSERA_TASK_MEMORY_MIB"] = str(group.resources.memory)
     # CUDA_VISIBLE_DEVICES is always set: an empty value hides every GPU from a CPU-only task

@@ -121,7 +121,7 @@ def _elastic_job() -> Job:
             "status": {
                 "state": "RUNNING",
                 "submitted_at": now,
-                "master": {"node": "n0", "address": "10.0.0.5", "port": 29555},
+                "master": {"node": "n0", "address": "10.0.0.5", "port": 29555, "token": "tok-123"},
             },
             "tasks": tasks,
             "allocations": allocations,
@@ -136,6 +136,7 @@ def test_the_launch_contract_of_an_elastic_job_names_its_head() -> None:
     assert launches_for(job, "n2") == []  # not granted: nothing runs there
     assert head["TESSERA_ELASTIC_ROLE"] == "head" and worker["TESSERA_ELASTIC_ROLE"] == "worker"
     assert head["TESSERA_RAY_ADDRESS"] == worker["TESSERA_RAY_ADDRESS"] == "10.0.0.5:29555"
+    assert head["RAY_AUTH_TOKEN"] == worker["RAY_AUTH_TOKEN"] == "tok-123"  # the attempt's cluster token
     assert ElasticSpec.model_validate_json(worker["TESSERA_ELASTIC"]).storage == "/ckpt"
     assert worker["TESSERA_TASK_CPUS"] == "2" and worker["TESSERA_TASK_MEMORY_MIB"] == "3072"
     assert json.loads(head["TESSERA_ELASTIC"])["entry"] == "pkg.mod:train"

@@ -95,7 +95,8 @@ def test_grow_shrink_recover_and_finish(api: Api) -> None:
     loop.step()
     job = get(api, "el")
     assert job["status"]["state"] == "SCHEDULED" and len(bound(job)) == 1
-    assert job["status"]["master"] is not None  # the Ray head's address, even for one worker
+    master = job["status"]["master"]
+    assert master is not None and len(master["token"]) >= 32  # the Ray head's address and token
     report(api, token, {**job, "tasks": bound(job)}, state="RUNNING")
     train_event(api, token, job, "TrainingRunning", workers=1)
     assert get(api, "el")["status"] | {"workers": 1} == get(api, "el")["status"]

@@ -84,9 +84,10 @@ def temp_dir(job_id: str, attempt: str, index: str) -> Path:
 
 def ray_env() -> dict[str, str]:
     env = dict(os.environ)
-    # the job's cluster lives on the job's own slices and ports; Ray's token auth would need a
-    # token shared by every node of the job, which this per-job cluster does not distribute yet
-    env.setdefault("RAY_AUTH_MODE", "disabled")
+    # the job's cluster admits only processes that present its token (one per attempt, from the
+    # control plane, to every task of the job); without one (an old control plane) auth is off
+    env["RAY_AUTH_MODE"] = "token" if env.get("RAY_AUTH_TOKEN") else "disabled"
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # SIGTERM stops a node at once: a worker drains itself first (drain_self), and a head
     # otherwise waits out its detached actors for ~40 s
@@ -228,6 +229,8 @@ class Node:
         self.stopping.set()
 
     def run(self) -> int:
+        # this process talks to the cluster too (drain_self): the same auth as its Ray processes
+        os.environ["RAY_AUTH_MODE"] = "token" if os.environ.get("RAY_AUTH_TOKEN") else "disabled"
         signal.signal(signal.SIGTERM, self.on_sigterm)
         signal.signal(signal.SIGINT, self.on_sigterm)
         env = ray_env()

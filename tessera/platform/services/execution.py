@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -106,6 +107,8 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     if len(task_nodes) > 1 or spec.elastic is not None:  # rank 0's endpoint (torch; the Ray head)
         first = min(task_nodes, key=lambda t: (tasks[t].group_name, tasks[t].index))
         update["master"] = _master(tx, job_id, attempt, task_nodes[first])
+        if spec.elastic is not None:  # the per-job Ray cluster admits only the job's own processes
+            update["master"] = update["master"].model_copy(update={"token": secrets.token_urlsafe(32)})
     if bind.backfill_until is not None:
         update["backfill_until"] = bind.backfill_until
     if update:
