@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tessera.cli.jobs import OutputOpt, ProjectOpt, _duration, _pairs
-from tessera.cli.output import Format, dump, out, server_errors
-from tessera.client import Client
+from tessera.cli.jobs import OutputOpt, ProjectOpt, _duration, _pairs, send_job
+from tessera.cli.output import Format
 
 
 def _config(raw: str | None, sets: list[str]) -> dict[str, Any]:
@@ -133,24 +132,8 @@ def submit_elastic(
         "retry": {"max_retries": retries},
         "labels": _pairs(label or [], "--label"),
     }
-    for key, value in (
-        ("name", name),
-        ("queue", queue),
-        ("priority", priority),
-        ("deadline", _duration(deadline, "--deadline")),
-    ):
-        if value is not None:
-            body[key] = value
-    with server_errors(), Client() as client:
-        job = client.submit_job(body, idempotency_key=idempotency_key)
-    if output in (Format.JSON, Format.YAML):
-        dump(job, output)
-    else:
-        out.print(
-            f"elastic job [bold]{job.name}[/bold] ({min_workers}..{top} workers) submitted to queue "
-            f"{job.queue} ({job.status.state}): tessera get {job.name}",
-            highlight=False,
-        )
+    what = f"elastic job ({min_workers}..{top} workers)"
+    send_job(body, name, queue, priority, deadline, idempotency_key, output, what)
 
 
 def register(submit: typer.Typer) -> None:

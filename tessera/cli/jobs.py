@@ -150,22 +150,36 @@ def submit_train(
         "retry": {"max_retries": retries},
         "labels": _pairs(label or [], "--label"),
     }
+    body["expected_runtime"] = _duration(expected_runtime, "--expected-runtime")
+    send_job(body, name, queue, priority, deadline, idempotency_key, output, "job")
+
+
+def send_job(
+    body: dict[str, Any],
+    name: str | None,
+    queue: str | None,
+    priority: str | None,
+    deadline: str | None,
+    idempotency_key: str | None,
+    output: Format,
+    what: str,
+) -> None:
+    """Submit a job body with the options every submit verb shares, and say what became of it."""
     for key, value in (
         ("name", name),
         ("queue", queue),
         ("priority", priority),
         ("deadline", _duration(deadline, "--deadline")),
-        ("expected_runtime", _duration(expected_runtime, "--expected-runtime")),
     ):
-        if value is not None:
-            body[key] = value
+        body[key] = value
+    body = {k: v for k, v in body.items() if v is not None}
     with server_errors(), Client() as client:
         job = client.submit_job(body, idempotency_key=idempotency_key)
     if output in (Format.JSON, Format.YAML):
         dump(job, output)
     else:
         out.print(
-            f"job [bold]{job.name}[/bold] submitted to queue {job.queue} "
+            f"{what} [bold]{job.name}[/bold] submitted to queue {job.queue} "
             f"({job.status.state}): tessera get {job.name}",
             highlight=False,
         )

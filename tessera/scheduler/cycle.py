@@ -57,7 +57,7 @@ from tessera.scheduler.model import (
     Snapshot,
     TaskRequest,
 )
-from tessera.scheduler.placement import Ranking, ShapeKey, Workspace, shape_key, shortage
+from tessera.scheduler.placement import FIRST_FIT, Ranking, ShapeKey, Workspace, shape_key, shortage
 from tessera.scheduler.preempt import (
     PREEMPTING,
     Victim,
@@ -70,7 +70,6 @@ from tessera.scheduler.quota import QUOTA_EXCEEDED, FairOrder, QueueTree, Shape,
 from tessera.scheduler.scoring import Scorer, running_specs, seed_tallies
 
 _Signature = tuple[tuple[ShapeKey, ...], int]
-FIRST_FIT = "firstfit"  # the placement that scores nothing: first Ready node by name that fits
 
 
 @dataclass(slots=True)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 ShapeKey = tuple[object, ...]
 
 
+FIRST_FIT = "firstfit"  # the placement that scores nothing: first Ready node by name that fits
+
+
 @dataclass(frozen=True, slots=True)
 class Ranking:
     """How a job's tasks choose among the nodes that fit: a placement policy and data locality."""
@@ -245,7 +248,7 @@ class Workspace:
         """
         res = task.resources
         only = rank.only if rank is not None else None
-        scored = rank is not None and rank.policy != "firstfit"
+        scored = rank is not None and rank.policy != FIRST_FIT
         if scored and rank is not None and self.scorer is not None and res.kind is not GpuKind.MIG:
             chosen = self.scorer.choose(res, rank.policy, rank.locality, only)
             if chosen is None:

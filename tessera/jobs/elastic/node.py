@@ -140,8 +140,9 @@ def _ray_client_installed() -> bool:
         return False
 
 
-def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes] | _Done) -> bool:
-    while time.monotonic() < until and proc.poll() is None:
+def _wait_for(host: str, port: int, until: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether ``host:port`` accepts a connection before ``until`` (and before ``proc`` exits)."""
+    while time.monotonic() < until and (proc is None or proc.poll() is None):
         try:
             with socket.create_connection((host, port), timeout=1):
                 return True
@@ -199,13 +200,6 @@ def drain_self(address: str, tmp: Path, deadline_s: float) -> bool:
     except Exception:
         log.exception("draining this node failed; stopping without a drain")
         return False
-
-
-class _Done:
-    """A process stand-in that has not exited (for _wait_for without one)."""
-
-    def poll(self) -> None:
-        return None
 
 
 class Node:
@@ -285,7 +279,7 @@ class Node:
                 return 0
         # the node ended by itself: the head went away (the job ended, or its head failed: either
         # way the head's task says so), or this node failed (a failure of the job's)
-        if not _wait_for(self.host, self.port, time.monotonic() + 2, _Done()):
+        if not _wait_for(self.host, self.port, time.monotonic() + 2):
             log.info("the job's Ray head is gone; this node's work is over")
             return 0
         log.error("this Ray node exited (code %s) while the head is up", self.ray.returncode)

@@ -31,7 +31,14 @@ from tessera.api.datasets import (
 from tessera.datacache.peers import peer_token
 from tessera.platform.problems import NotFound
 from tessera.platform.services.common import put
-from tessera.platform.services.datasets import LIVE_LOADS, _event, render_dataset, render_load, subset
+from tessera.platform.services.datasets import (
+    LIVE_LOADS,
+    _event,
+    dataset_secrets,
+    render_dataset,
+    render_load,
+    subset,
+)
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import (
     DataLoadRow,
@@ -39,7 +46,6 @@ from tessera.platform.store.rows import (
     DatasetRow,
     NodeRow,
     ProjectRow,
-    SecretRow,
 )
 from tessera.platform.store.types import utcnow
 
@@ -97,14 +103,7 @@ def _peers(session: Any, dataset: DatasetRow, node: str) -> list[PeerCache]:
 
 def _work(session: Any, dataset: DatasetRow, load_id: str, node: str) -> LoadWork:
     spec = DatasetSpec.model_validate(dataset.spec)
-    secrets: dict[str, str] = {}
-    if spec.credentials:
-        secret = session.execute(
-            select(SecretRow).where(
-                SecretRow.project_id == dataset.project_id, SecretRow.name == spec.credentials
-            )
-        ).scalar_one_or_none()
-        secrets = dict(secret.data) if secret is not None else {}
+    secrets = dataset_secrets(session, dataset)
     project = session.get(ProjectRow, dataset.project_id)
     return LoadWork(
         load_id=load_id,

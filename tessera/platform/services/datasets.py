@@ -125,13 +125,17 @@ def secret_values(db: Database, dataset_id: uuid.UUID) -> dict[str, str]:
         row = session.get(DatasetRow, dataset_id)
         if row is None:
             raise NotFound(f"no dataset with id {dataset_id}")
-        name = DatasetSpec.model_validate(row.spec).credentials
-        if name is None:
-            return {}
-        secret = session.execute(
-            select(SecretRow).where(SecretRow.project_id == row.project_id, SecretRow.name == name)
-        ).scalar_one_or_none()
-        return dict(secret.data) if secret is not None else {}
+        return dataset_secrets(session, row)
+
+
+def dataset_secrets(session: Session, row: DatasetRow) -> dict[str, str]:
+    name = DatasetSpec.model_validate(row.spec).credentials
+    if name is None:
+        return {}
+    secret = session.execute(
+        select(SecretRow).where(SecretRow.project_id == row.project_id, SecretRow.name == name)
+    ).scalar_one_or_none()
+    return dict(secret.data) if secret is not None else {}
 
 
 # datasets ------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def _bound(tx: Tx, job_id: uuid.UUID) -> set[uuid.UUID]:
 
 def grant_slices(tx: Tx, grant: Grant) -> bool:
     """Bind more tasks of a running elastic job, conditionally on the version the scheduler saw."""
-    from tessera.platform.services.execution import capacity_holds, slice_policy
+    from tessera.platform.services.execution import add_allocations, capacity_holds
 
     session = tx.session
     row = session.get(JobRow, grant.job_id)
@@ -76,23 +76,7 @@ def grant_slices(tx: Tx, grant: Grant) -> bool:
     if not capacity_holds(tx, Bind(row.id, grant.placements)):
         return False
     attempt = JobStatus.model_validate(row.status).attempt
-    policy = slice_policy(tx, row.queue).model_dump(mode="json")
-    for p in grant.placements:
-        session.add(
-            AllocationRow(
-                job_id=row.id,
-                task_id=p.task_id,
-                node=p.node,
-                gpu_uuid=p.gpu_uuid,
-                memory_mib=p.memory_mib,
-                mig_instance=p.mig_uuid,
-                attempt=attempt,
-                compute_pct=p.compute_pct,
-                tier="bookkeeping" if p.gpu_uuid else None,
-                enforcement=policy if p.gpu_uuid else None,
-                revision=tx.revision,
-            )
-        )
+    add_allocations(tx, row, attempt, grant.placements)
     for task_id, task in tasks.items():
         task.node, task.attempt, task.state = task_nodes[task_id], attempt, TaskState.PENDING.value
         task.exit_code = task.started_at = task.finished_at = None

@@ -6,6 +6,7 @@ import logging
 import secrets
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,7 +33,7 @@ from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, QueueRow, TaskRow
 from tessera.platform.store.types import utcnow
-from tessera.scheduler.model import Bind
+from tessera.scheduler.model import Bind, SlicePlacement
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-6
@@ -75,24 +76,7 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     gang = sum(g.gang_size for g in spec.groups)
     if not set(task_nodes) <= set(tasks) or len(task_nodes) < gang:
         return False  # at least the gang, together; never a partial gang
-    policy = slice_policy(tx, row.queue).model_dump(mode="json")
-    for placement in bind.placements:
-        session.add(
-            AllocationRow(
-                job_id=job_id,
-                task_id=placement.task_id,
-                node=placement.node,
-                gpu_uuid=placement.gpu_uuid,
-                memory_mib=placement.memory_mib,
-                mig_instance=placement.mig_uuid,
-                attempt=attempt,
-                compute_pct=placement.compute_pct,
-                # until its node reports the tier it enforces the slice with
-                tier="bookkeeping" if placement.gpu_uuid else None,
-                enforcement=policy if placement.gpu_uuid else None,
-                revision=tx.revision,
-            )
-        )
+    add_allocations(tx, row, attempt, bind.placements)
     for task_id, task in tasks.items():
         # tasks beyond the gang that did not fit sit this attempt out (no node, no slice)
         task.node, task.attempt, task.state = task_nodes.get(task_id), attempt, TaskState.PENDING.value
@@ -121,6 +105,28 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
         )
     apply_transition(tx, row, JobState.SCHEDULED, message=message)
     return True
+
+
+def add_allocations(tx: Tx, row: JobRow, attempt: int, placements: Iterable[SlicePlacement]) -> None:
+    """Record the job's slices for this attempt, under its queue's enforcement policy."""
+    policy = slice_policy(tx, row.queue).model_dump(mode="json")
+    for p in placements:
+        tx.session.add(
+            AllocationRow(
+                job_id=row.id,
+                task_id=p.task_id,
+                node=p.node,
+                gpu_uuid=p.gpu_uuid,
+                memory_mib=p.memory_mib,
+                mig_instance=p.mig_uuid,
+                attempt=attempt,
+                compute_pct=p.compute_pct,
+                # until its node reports the tier it enforces the slice with
+                tier="bookkeeping" if p.gpu_uuid else None,
+                enforcement=policy if p.gpu_uuid else None,
+                revision=tx.revision,
+            )
+        )
 
 
 def _master(tx: Tx, job_id: uuid.UUID, attempt: int, node: str) -> MasterEndpoint:
