@@ -17,6 +17,7 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"
     NODE = "node"
     METRICS = "metrics"
+    GATEWAY = "gateway"  # the serving gateway: reports traffic, reads routes
 
 
 class Role(enum.StrEnum):

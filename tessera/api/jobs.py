@@ -199,7 +199,7 @@ class JobSpec(Model):
     name: Name
     project: Name = "default"
     queue: Name | None = Field(default=None, description="Defaults to the project's queue.")
-    kind: str = Field(default="train", pattern="^(train|pytorchjob|elastic)$")
+    kind: str = Field(default="train", pattern="^(train|pytorchjob|elastic|serve)$")
     groups: list[TaskGroupSpec] = Field(min_length=1, max_length=16)
     priority: Priority = PRIORITY_CLASSES["normal"]
     preemptible: bool = False

@@ -82,6 +82,11 @@ class QueueSpec(Model):
     enforcement: Enforcement = Field(
         default_factory=Enforcement, description="Memory and compute enforcement of its jobs' slices."
     )
+    services_preemptible: bool = Field(
+        default=False,
+        description="Whether its service replicas may be preempted (by priority) or reclaimed; by default "
+        "serving is never evicted for training.",
+    )
     description: str = Field(default="", max_length=1000)
 
     @field_validator("placement")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import data, elastic, jobs, local, queues, sim, top
+from tessera.cli import data, elastic, jobs, local, queues, serve, sim, top
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 elastic.register(jobs.submit_app)
 jobs.register(app)
 data.register(app)
+app.add_typer(serve.serve_app, name="serve")
 app.add_typer(queues.queue_app, name="queue")
 app.add_typer(sim.sim_app, name="sim")
 app.add_typer(top.top_app, name="top")

@@ -18,6 +18,7 @@ from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, User
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
 from tessera.api.problems import Problem
 from tessera.api.queues import CreateQueueRequest, Queue
+from tessera.api.serving import Service, ServiceCreated, ServiceSpec, ServiceUpdate
 from tessera.api.usage import JobUsage, NodeUsage
 from tessera.client.config import ClientConfig, resolve
 
@@ -173,6 +174,44 @@ class Client:
                 yield from response.iter_raw()
         except httpx.TransportError as exc:
             raise Unreachable(f"log stream from {self.config.url} broke: {exc}") from None
+
+    # services ------------------------------------------------------------------------------
+
+    def create_service(self, req: ServiceSpec | dict[str, Any]) -> ServiceCreated:
+        body = req.model_dump(mode="json") if isinstance(req, BaseModel) else req
+        return ServiceCreated.model_validate(self.request("POST", f"{API}/services", json=body).json())
+
+    def list_services(self, project: str | None = None) -> list[Service]:
+        return self._list(Service, f"{API}/services", params={"project": project} if project else {})
+
+    def get_service(self, name: str) -> Service:
+        return self._get(Service, f"{API}/services/{name}")
+
+    def update_service(self, name: str, update: ServiceUpdate | dict[str, Any]) -> Service:
+        body = update.model_dump(mode="json", exclude_unset=True) if isinstance(update, BaseModel) else update
+        return Service.model_validate(self.request("PATCH", f"{API}/services/{name}", json=body).json())
+
+    def set_traffic(self, name: str, split: dict[int, int]) -> Service:
+        body = {"targets": [{"revision": n, "percent": p} for n, p in split.items()]}
+        return Service.model_validate(self.request("PUT", f"{API}/services/{name}/traffic", json=body).json())
+
+    def promote_service(self, name: str, revision: int | None = None) -> Service:
+        params = {"revision": revision} if revision else {}
+        return Service.model_validate(
+            self.request("POST", f"{API}/services/{name}/promote", params=params).json()
+        )
+
+    def rollback_service(self, name: str, revision: int | None = None) -> Service:
+        params = {"revision": revision} if revision else {}
+        return Service.model_validate(
+            self.request("POST", f"{API}/services/{name}/rollback", params=params).json()
+        )
+
+    def rotate_service_token(self, name: str) -> ServiceCreated:
+        return ServiceCreated.model_validate(self.request("POST", f"{API}/services/{name}/token").json())
+
+    def delete_service(self, name: str) -> None:
+        self.request("DELETE", f"{API}/services/{name}")
 
     # cluster and tenancy -----------------------------------------------------------------
 

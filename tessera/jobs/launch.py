@@ -146,6 +146,8 @@ def _contract(
         "MASTER_ADDR": master[0],
         "MASTER_PORT": str(master[1]),
     }
+    if job.spec.kind == "serve" and job.status.master is not None:
+        env["PORT"] = str(master[1])  # a service replica listens here; the gateway sends requests to it
     if allocs:
         env["TESSERA_SLICE_ID"] = ",".join(str(a.id) for a in allocs)
     if job.spec.elastic is not None:  # the per-job Ray cluster: rank 0 is its head (jobs/elastic)

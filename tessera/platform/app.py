@@ -15,8 +15,20 @@ from fastapi import APIRouter, FastAPI
 from tessera import __version__
 from tessera.platform import controllers, problems
 from tessera.platform.metrics import Metrics
-from tessera.platform.routers import datasets, events, health, jobs, logs, nodes, projects, queues, users
+from tessera.platform.routers import (
+    datasets,
+    events,
+    health,
+    jobs,
+    logs,
+    nodes,
+    projects,
+    queues,
+    serving,
+    users,
+)
 from tessera.platform.services.identity import bootstrap
+from tessera.platform.services.traffic import Traffic
 from tessera.platform.settings import Settings
 from tessera.platform.store import migrate
 from tessera.platform.store.db import Database
@@ -83,7 +95,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
             log.info("created the admin token; CLI credentials in %s", settings.credentials_path)
         if settings.start_agent:
             await asyncio.to_thread(_local_agent, db, settings)
-        tasks = controllers.start(db, settings) if run_controllers else []
+        tasks = controllers.start(db, settings, app.state.traffic) if run_controllers else []
         try:
             yield
         finally:
@@ -99,12 +111,13 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.traffic = Traffic()  # what the gateways report, for the autoscaler
     # metrics need the db at scrape time; it is bound in the lifespan
     metrics = Metrics(lambda: app.state.db)
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, logs, queues, projects, users, nodes, events, datasets):
+    for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

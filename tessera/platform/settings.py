@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         description="Where elastic jobs' checkpoints go by default: a dir every node sees, or an "
         "fsspec URL (s3://bucket/prefix); default home/checkpoints.",
     )
+    autoscale_interval: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between the serving controller's ticks."
+    )
+    gateway_url: str | None = Field(
+        default=None, description="The gateway's URL for services' urls; default: the one that reports."
+    )
+    start_gateway: bool = Field(
+        default=False, description="Start (or reuse) this machine's detached gateway (tessera up)."
+    )
+    gateway_port: int = Field(default=0, ge=0, le=65535, description="The gateway's port; 0: a free one.")
     start_agent: bool = Field(
         default=False, description="Start (or reuse) this machine's detached node agent (tessera up)."
     )

@@ -238,6 +238,8 @@ class RunningJob:
     host_usage: tuple[tuple[str, float, int], ...] = ()  # (node, cpu, memory MiB) per task
     expected_runtime_s: float | None = None
     backfill_until: datetime | None = None  # admitted as a backfill that should end by then
+    # a service replica whose queue does not let others preempt or reclaim it
+    protected: bool = False
     elastic: ElasticRun | None = None
     version: int = 0  # the job's version this was derived from (grants and shrinks are conditional)
     locality: tuple[tuple[str, float], ...] = ()

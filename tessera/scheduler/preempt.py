@@ -15,6 +15,10 @@ Two kinds of victim:
   Preempted. It ignores queues, priority and the preemptible flag: the room
   was lent on that promise.
 
+Never a victim: a service replica (``protected``) unless its queue lets
+services be preempted (``services_preemptible``): serving is not evicted for
+training, nor for quota it borrows.
+
 The set is the cheapest that lets the job's gang fit: candidates in order of
 GPU-seconds lost (then lowest priority, newest, id), the shortest prefix that
 fits, then each victim dropped again (most expensive first) if the job fits
@@ -147,7 +151,7 @@ class Victims:
         overran = self._overran if job.reserved else set()
         pool = self._ordered if may_reclaim or overran else self._preemptible.get(job.queue, [])
         for running in pool:
-            if running.job_id in self.evicted or running.job_id in self.frozen:
+            if running.job_id in self.evicted or running.job_id in self.frozen or running.protected:
                 continue
             charge = self.charges[running.job_id]
             side = tree.below_common(running.queue, job.queue) if may_reclaim else ()

@@ -305,3 +305,28 @@ def test_a_job_that_evicted_others_claims_the_freed_room_first() -> None:
     plain = dataclasses.replace(claimant, preempting=False)
     decisions = TesseraScheduler().cycle(snapshot(nodes, [other, plain], queues=queues))
     assert [b.job_id for b in decisions.binds] == [other.job_id]  # without the claim, fair order rules
+
+
+def test_a_service_replica_is_never_evicted_for_training_unless_its_queue_allows() -> None:
+    # The same reclaim and priority preemption as above, but the victims are service replicas
+    # (protected): nothing is evicted, and the job waits for room instead.
+    import dataclasses
+
+    queues = [make_queue("a").guaranteed(gpu=2).build(), make_queue("b").guaranteed(gpu=1).build()]
+    nodes, running = start(
+        [make_node("n1").gpus(2)],
+        [make_job(f"svc{i}").gpus(1).queue("b").preemptible().running() for i in range(2)],
+    )
+    protected = [dataclasses.replace(r, protected=True) for r in running]
+    decisions = run(nodes, [make_job("owed").gpus(1).queue("a").build()], protected, queues)
+    assert decisions.evictions == ()
+    # the same jobs unprotected (their queue lets services be preempted) are reclaimed
+    decisions = run(nodes, [make_job("owed").gpus(1).queue("a").build()], running, queues)
+    assert [reason for _, reason in evicted(decisions, running)] == [RECLAIMED]
+    nodes, running = start([make_node("n1").gpus(1)], [low("svc")])
+    protected = [dataclasses.replace(r, protected=True) for r in running]
+    decisions = run(nodes, [make_job("hi").gpus(1).priority(10).build()], protected)
+    assert decisions.evictions == ()
+    assert evicted(run(nodes, [make_job("hi").gpus(1).priority(10).build()], running), running) == [
+        ("svc", PREEMPTED)
+    ]

@@ -14,6 +14,8 @@ from tessera.platform.controllers.datasets import list_sources, prewarm_for_jobs
 from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.pending import reconcile_pending
 from tessera.platform.controllers.scheduling import SchedulingLoop
+from tessera.platform.controllers.serving import ServingLoop
+from tessera.platform.services.traffic import Traffic
 from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
 from tessera.platform.store.types import utcnow
@@ -31,9 +33,10 @@ async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
         await asyncio.sleep(every)
 
 
-def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
+def start(db: Database, settings: Settings, traffic: Traffic | None = None) -> list[asyncio.Task[None]]:
     """Start every controller loop; the caller cancels the tasks at shutdown."""
     scheduling = SchedulingLoop(db, make(settings.scheduler), settings.placement)
+    serving = ServingLoop(db, traffic or Traffic())
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     started = utcnow()
     return [
@@ -45,6 +48,7 @@ def start(db: Database, settings: Settings) -> list[asyncio.Task[None]]:
         asyncio.create_task(
             _loop("datasets", 1.0, lambda: (list_sources(db), prewarm_for_jobs(db), scheduled_loads(db)))
         ),
+        asyncio.create_task(_loop("serving", settings.autoscale_interval, serving.step)),
         asyncio.create_task(
             _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))
         ),

@@ -294,6 +294,7 @@ def _derive(job: Job) -> _Derived:
         host_usage=hosts,
         expected_runtime_s=_seconds(job.spec.expected_runtime),
         backfill_until=job.status.backfill_until,
+        protected=job.spec.kind == "serve" and not job.spec.preemptible,
         elastic=_elastic(job, bound),
         version=job.version,
     )

@@ -58,9 +58,12 @@ async def list_jobs(
     q: Annotated[str | None, Query(max_length=63, description="Name contains.")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
     continue_: Annotated[str | None, Query(alias="continue")] = None,
+    services: Annotated[bool, Query(description="Also service replicas' workloads.")] = False,
 ) -> Page[Job]:
     """Jobs newest first; pass ``continue`` from the previous page for the next."""
-    flt = service.JobFilter(project=project, queue=queue, states=tuple(state or ()), owner=owner, search=q)
+    flt = service.JobFilter(
+        project=project, queue=queue, states=tuple(state or ()), owner=owner, search=q, services=services
+    )
     jobs, cursor, revision = await run_in_threadpool(service.list_jobs, db, caller, flt, limit, continue_)
     return Page[Job](items=jobs, continue_=cursor, revision=revision)
 

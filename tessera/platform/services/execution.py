@@ -88,7 +88,8 @@ def bind_job(tx: Tx, job_id: uuid.UUID, version: int, bind: Bind) -> bool:
     session.flush()
     message = f"bound to {', '.join(nodes)}"
     update: dict[str, Any] = {}
-    if len(task_nodes) > 1 or spec.elastic is not None:  # rank 0's endpoint (torch; the Ray head)
+    # rank 0's endpoint (torch; the Ray head; a service replica's listening port)
+    if len(task_nodes) > 1 or spec.elastic is not None or spec.kind == "serve":
         first = min(task_nodes, key=lambda t: (tasks[t].group_name, tasks[t].index))
         update["master"] = _master(tx, job_id, attempt, task_nodes[first])
         if spec.elastic is not None:  # the per-job Ray cluster admits only the job's own processes

@@ -61,6 +61,7 @@ class JobFilter:
     states: tuple[JobState, ...] = ()
     owner: str | None = None
     search: str | None = None
+    services: bool = False  # also service replicas' workloads (listed with their service otherwise)
 
 
 # rendering -----------------------------------------------------------------------------
@@ -438,6 +439,8 @@ def list_jobs(
             query = query.join(UserRow, UserRow.id == JobRow.owner_id).where(UserRow.name == flt.owner)
         if flt.search:
             query = query.where(JobRow.name.contains(flt.search, autoescape=True))
+        if not flt.services:
+            query = query.where(JobRow.service_id.is_(None))
         if cursor:
             created, ident = _decode_cursor(cursor)
             query = query.where(

@@ -174,6 +174,8 @@ class JobRow(Stored):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
     status: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    # set for a service replica's workload (its owner): such jobs are listed with their service
+    service_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
 
 
 class TaskRow(Stored):
@@ -316,3 +318,56 @@ class DataLoadRow(Stored):
     include: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False, default=list)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ServiceRow(Stored):
+    """An inference service; its name is unique in the cluster (it is the gateway's path)."""
+
+    __tablename__ = "services"
+
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    queue: Mapped[str] = mapped_column(String(63), nullable=False)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    # sha256 of the token callers present at the gateway; never rendered
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class ServiceRevisionRow(Stored):
+    """A service's spec at one ``serve update``, its share of traffic and its scale."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("service_id", "number"),)
+
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("services.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    traffic_percent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    desired_replicas: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    panic: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    cold_start_s: Mapped[float | None] = mapped_column(Float)
+
+
+class ReplicaRow(Stored):
+    """One model server of a revision; ``job_id`` is the workload that runs it on a slice."""
+
+    __tablename__ = "replicas"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("services.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    revision_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    node: Mapped[str | None] = mapped_column(String(63))
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    draining_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
