@@ -37,9 +37,9 @@ class Rig:
         self.api = api
         self.node_token = node(api, gpus=1)
         self.gateway_token = api.user("gw", role=None, scopes=["gateway"])
-        self.traffic: Traffic = api.client.app.state.traffic
+        self.traffic: Traffic = api.client.app.state.traffic  # type: ignore[attr-defined]
         self.now = 1000.0
-        self.traffic.now = lambda: self.now  # type: ignore[method-assign]
+        self.traffic.now = lambda: self.now
         self.serving = ServingLoop(api.db, self.traffic)
         self.scheduler = SchedulingLoop(api.db)
         self.routes_revision = 0
