@@ -1,4 +1,4 @@
-"""A small HTTP model server to run as a Tessera service (stdlib + numpy):
+"""A small HTTP model server to run as a Tessera service (stdlib only):
 
     tessera serve custom NAME --readiness-path /ready ... -- python examples/model_server.py
 
@@ -21,7 +21,9 @@ answers /ready with 503, lets in-flight requests finish (up to 10 s) and exits 0
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -31,8 +33,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import numpy as np
 
 INPUT_DIM, OUTPUT_DIM = 4, 3
 MAX_ROWS = 1024
@@ -52,13 +52,18 @@ class Model:
     """A tiny deterministic 'model': ``tanh(x @ W + b)`` with fixed, seeded weights."""
 
     def __init__(self) -> None:
-        rng = np.random.default_rng(20240601)
-        self.weights = rng.standard_normal((INPUT_DIM, OUTPUT_DIM))
-        self.bias = rng.standard_normal(OUTPUT_DIM)
+        rng = random.Random(20240601)
+        self.weights = [[rng.gauss(0, 1) for _ in range(OUTPUT_DIM)] for _ in range(INPUT_DIM)]
+        self.bias = [rng.gauss(0, 1) for _ in range(OUTPUT_DIM)]
 
-    def predict(self, rows: np.ndarray) -> list[list[float]]:
-        outputs: list[list[float]] = np.round(np.tanh(rows @ self.weights + self.bias), 6).tolist()
-        return outputs
+    def predict(self, rows: list[list[float]]) -> list[list[float]]:
+        return [
+            [
+                round(math.tanh(sum(x * self.weights[i][k] for i, x in enumerate(row)) + self.bias[k]), 6)
+                for k in range(OUTPUT_DIM)
+            ]
+            for row in rows
+        ]
 
 
 class State:
@@ -84,7 +89,7 @@ def log(message: str) -> None:
     print(f"model_server: {message}", file=sys.stderr, flush=True)
 
 
-def parse_rows(doc: Any) -> np.ndarray:
+def parse_rows(doc: Any) -> list[list[float]]:
     if not isinstance(doc, dict):
         raise BadRequest("body", 'the body is a JSON object like {"inputs": [[1, 2, 3, 4]]}')
     rows = doc.get("inputs")
@@ -98,7 +103,7 @@ def parse_rows(doc: Any) -> np.ndarray:
         for j, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise BadRequest(f"inputs[{i}][{j}]", f"inputs[{i}][{j}] is a number, got {value!r}")
-    return np.asarray(rows, dtype=np.float64)
+    return [[float(v) for v in row] for row in rows]
 
 
 def query_number(query: dict[str, list[str]], name: str, default: float, low: float, high: float) -> float:

@@ -108,7 +108,8 @@ def down(
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for tasks to stop.")] = 60,
 ) -> None:
-    """Stop what `tessera up` started: cancel running tasks (unless --keep-tasks), the agent, the API."""
+    """Stop what `tessera up` started: cancel running tasks (unless --keep-tasks), the agent, the
+    gateway, the API."""
     from tessera.node.procs import is_alive
     from tessera.platform.backends import local
     from tessera.platform.settings import Settings
@@ -123,6 +124,11 @@ def down(
     pid = local.agent_pid(settings)
     if pid and pid > 0:
         _terminate(pid, "node agent")
+    from tessera.platform.backends import gateway
+
+    stopped = gateway.stop(settings)
+    if stopped is not None:
+        out.print(f"stopped gateway (pid {stopped})", highlight=False)
     if up_file.exists():
         doc = json.loads(up_file.read_text())
         if doc.get("start_time") is not None and is_alive(int(doc["pid"]), int(doc["start_time"])):

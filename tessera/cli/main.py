@@ -58,6 +58,12 @@ def up(
     ] = None,
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
     agent: Annotated[bool, typer.Option(help="Start (or reuse) this machine's node agent, detached.")] = True,
+    gateway: Annotated[
+        bool, typer.Option(help="Start (or reuse) this machine's serving gateway, detached.")
+    ] = True,
+    gateway_port: Annotated[
+        int, typer.Option(envvar="TESSERA_GATEWAY_PORT", min=0, max=65535, help="Its port (0: a free one).")
+    ] = 0,
     database_url: Annotated[
         str | None,
         typer.Option(envvar="TESSERA_DATABASE_URL", help="SQLAlchemy URL; SQLite under home by default."),
@@ -70,7 +76,13 @@ def up(
     from tessera.platform.app import create_app, public_url
     from tessera.platform.settings import Settings
 
-    overrides: dict[str, object] = {"host": host, "port": port, "start_agent": agent}
+    overrides: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "start_agent": agent,
+        "start_gateway": gateway,
+        "gateway_port": gateway_port,
+    }
     for key, value in (("simulate_gpus", simulate_gpus), ("home", home), ("database_url", database_url)):
         if value is not None:
             overrides[key] = value
@@ -96,11 +108,49 @@ def up(
         "  .venv/bin/tessera submit train --name hello --gpu-memory 4Gi --gpu-compute 30 "
         "-- python examples/hello_train.py\n"
         "  .venv/bin/tessera list ; .venv/bin/tessera get hello ; .venv/bin/tessera logs -f hello\n"
-        "  .venv/bin/tessera down   # stops the agent and this control plane\n"
+        "  .venv/bin/tessera serve custom --name echo --min-replicas 0 --max-replicas 2 --public "
+        "--readiness-path /ready -- python examples/model_server.py\n"
+        "  .venv/bin/tessera serve get echo   # its url at the gateway\n"
+        "  .venv/bin/tessera down   # stops the agent, the gateway and this control plane\n"
         f"The CLI reads its token from {settings.credentials_path} (written on first start).",
         highlight=False,
     )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command("gateway")
+def gateway_cmd(
+    url: Annotated[str | None, typer.Option(envvar="TESSERA_URL", help="The control plane's URL.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding a gateway-scope token.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 8480,
+    name: Annotated[str, typer.Option(help="This gateway's name (several may run).")] = "gateway",
+    advertise_url: Annotated[str | None, typer.Option(help="The URL clients use, if not host:port.")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between traffic reports.")] = 1.0,
+) -> None:
+    """Run a serving gateway in the foreground: routes /serve/NAME/ to ready replicas."""
+    import os
+
+    from tessera.client.config import resolve
+    from tessera.gateway.main import run
+
+    token = os.environ.get("TESSERA_GATEWAY_TOKEN")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file: cannot read {token_file}: {exc}", code=2)
+    if not token:
+        fail("a gateway-scope token is needed: --token-file or TESSERA_GATEWAY_TOKEN", code=2)
+    run(
+        resolve(url, token).url,
+        token,
+        host=host,
+        port=port,
+        name=name,
+        advertise_url=advertise_url,
+        interval=interval,
+    )
 
 
 def main() -> None:

@@ -28,9 +28,13 @@ EnvOpt = Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE
 
 
 def _resources(
-    gpus: float | None, gpu_memory: str | None, gpumemory: int | None, gpu_compute: int | None, cpu: str | None,
+    gpus: float | None,
+    gpu_memory: str | None,
+    gpumemory: int | None,
+    gpu_compute: int | None,
+    cpu: str | None,
     memory: str | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     if gpu_memory is not None and gpumemory is not None:
         raise typer.BadParameter(
             "give --gpu-memory or Arena's --gpumemory, not both", param_hint="--gpumemory"
@@ -265,7 +269,7 @@ def serve_logs(
             sys.stdout.buffer.flush()
 
 
-@serve_app.command("update", context_settings={"allow_interspersed_args": False})
+@serve_app.command("update")
 def serve_update(
     name: Annotated[str, typer.Argument(help="Service name.")],
     command: Annotated[list[str] | None, typer.Argument(help="A new command, after --.")] = None,

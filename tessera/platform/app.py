@@ -77,6 +77,22 @@ def _local_agent(db: Database, settings: Settings) -> None:
     )
 
 
+def _local_gateway(db: Database, settings: Settings) -> None:
+    """`tessera up`: reuse this machine's running gateway, or start a detached one. Run in the
+    background: the gateway's first report needs this control plane to be serving already."""
+    from tessera.platform.backends import gateway
+
+    try:
+        url = gateway.ensure(db, settings, public_url(settings))
+    except Exception:
+        log.exception("could not start the gateway; see %s", gateway.gateway_dir(settings) / "gateway.log")
+        return
+    if url is None:
+        log.error("the gateway did not come up; see %s", gateway.gateway_dir(settings) / "gateway.log")
+    else:
+        log.info("gateway at %s: services are at %s/serve/NAME/", url, url)
+
+
 def create_app(settings: Settings | None = None, *, run_controllers: bool = True) -> FastAPI:
     """Build the app; the database is opened, migrated and bootstrapped in the lifespan."""
     settings = settings or Settings()
@@ -95,6 +111,8 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
             log.info("created the admin token; CLI credentials in %s", settings.credentials_path)
         if settings.start_agent:
             await asyncio.to_thread(_local_agent, db, settings)
+        if settings.start_gateway:
+            asyncio.get_running_loop().run_in_executor(None, _local_gateway, db, settings)
         tasks = controllers.start(db, settings, app.state.traffic) if run_controllers else []
         try:
             yield

@@ -38,6 +38,7 @@ class LocalCluster:
     port: int = field(default_factory=free_port)
     gpus: str = "2xA100-80GB"
     env_extra: dict[str, str] = field(default_factory=dict)
+    gateway: bool = False  # also start the serving gateway
     up: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +53,15 @@ class LocalCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "up.log", "ab")  # noqa: SIM115 - closed with the process
         self.up = subprocess.Popen(
-            [TESSERA, "up", "--port", str(self.port), "--simulate-gpus", self.gpus],
+            [
+                TESSERA,
+                "up",
+                "--port",
+                str(self.port),
+                "--simulate-gpus",
+                self.gpus,
+                "--gateway" if self.gateway else "--no-gateway",
+            ],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

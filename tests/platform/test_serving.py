@@ -4,6 +4,7 @@ gateway reports (scale from zero, readiness, canary, promote, drain), bad input 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -193,6 +194,9 @@ def test_a_failed_replica_is_replaced(api: Api) -> None:
     first = rig.service()["replicas"][0]
     job = api.call("GET", f"/api/v1/jobs/{first['job_id']}").json()
     report(api, rig.node_token, job, state="FAILED", exit_code=1)
+    rig.tick()
+    assert [p["state"] for p in rig.service()["replicas"]] == ["Failed"]  # a back-off of 1s first
+    time.sleep(1.1)
     rig.tick()
     replicas = rig.service()["replicas"]
     assert [p["state"] for p in replicas] == ["Failed", "Pending"]

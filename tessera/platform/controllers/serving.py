@@ -79,6 +79,10 @@ class ServingLoop:
         ).scalars():
             key = (service.id, rev.number)
             state = self.scale.setdefault(key, ScaleState(last_active=now))
+            if rev.traffic_percent == 0:
+                # the gateways send it nothing new: its replicas drain (their requests finish) and stop
+                decisions[rev.number] = Decision(0, False, "no traffic is routed to it")
+                continue
             decisions[rev.number] = decide(
                 ServiceSpec.model_validate(rev.spec),
                 self.traffic.window(service.id, rev.number) or _EMPTY,

@@ -48,6 +48,7 @@ from tessera.platform.store.rows import (
 from tessera.platform.store.types import utcnow
 
 REPLICA_GROUP = "replica"
+BACKOFF_MAX_S = 60
 KEEP_ENDED = 20  # ended replicas kept per service (their logs stay reachable through their workloads)
 _LIVE = frozenset(s.value for s in LIVE_REPLICA_STATES)
 _RUNNING = frozenset(
@@ -269,8 +270,9 @@ def scale_revision(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow, desired
             )
         ).scalars()
     )
-    for _ in range(desired - len(live)):
-        start_replica(tx, service, rev)
+    if len(live) < desired and not _backing_off(tx, service, rev):
+        for _ in range(desired - len(live)):
+            start_replica(tx, service, rev)
     if len(live) <= desired:
         return
     rank = {ReplicaState.PENDING.value: 0, ReplicaState.STARTING.value: 1, ReplicaState.READY.value: 2}
@@ -283,6 +285,27 @@ def scale_revision(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow, desired
             _stop_workload(tx, replica, "scaled down before it was ready")
             replica.state, replica.message = ReplicaState.STOPPED.value, "scaled down before it was ready"
         _put_replica(tx, replica, service)
+
+
+def _backing_off(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow) -> bool:
+    """Replicas that keep failing are replaced after a growing delay (1s, 2s, 4s ... 60s), counting
+    the failures since the revision last had a replica become ready, like a crash-loop back-off."""
+    rows = tx.session.execute(
+        select(ReplicaRow.state, ReplicaRow.updated_at, ReplicaRow.ready_at)
+        .where(ReplicaRow.service_id == service.id, ReplicaRow.revision_number == rev.number)
+        .order_by(ReplicaRow.updated_at.desc())
+        .limit(KEEP_ENDED)
+    ).all()
+    streak = 0
+    for state, _, ready_at in rows:
+        if ready_at is not None:
+            break
+        streak += state == ReplicaState.FAILED.value
+    if streak == 0:
+        return False
+    last = next(updated for state, updated, _ in rows if state == ReplicaState.FAILED.value)
+    delay = min(BACKOFF_MAX_S, 2 ** (streak - 1))
+    return bool(utcnow() < last + timedelta(seconds=delay))
 
 
 def finish_drains(
