@@ -7,9 +7,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from tessera.node.shim import ShimState
 
 from tessera.cli.output import fail, out
 
@@ -108,43 +111,56 @@ def down(
     home: Annotated[Path | None, typer.Option(envvar="TESSERA_HOME", help="State directory.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for tasks to stop.")] = 60,
 ) -> None:
-    """Stop what `tessera up` started: cancel running tasks (unless --keep-tasks), the agent, the
-    gateway, the API."""
+    """Stop what `tessera up` started: the gateway, running jobs (cancelled unless --keep-tasks), the
+    control plane, services' replicas (they start again at the next `tessera up`), the agent."""
     from tessera.node.procs import is_alive
-    from tessera.platform.backends import local
+    from tessera.platform.backends import gateway, local
     from tessera.platform.settings import Settings
 
     settings = Settings(**({"home": home} if home else {}))  # type: ignore[arg-type]
     up_file = settings.home / "up.json"
-    if not keep_tasks and up_file.exists():
-        _cancel_all()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _live_shims(local.agent_dir(settings) / "jobs"):
-            time.sleep(0.5)
-    pid = local.agent_pid(settings)
-    if pid and pid > 0:
-        _terminate(pid, "node agent")
-    from tessera.platform.backends import gateway
-
+    jobs_dir = local.agent_dir(settings) / "jobs"
     stopped = gateway.stop(settings)
     if stopped is not None:
         out.print(f"stopped gateway (pid {stopped})", highlight=False)
+    replicas: set[str] = set()
+    deadline = time.monotonic() + timeout
+    if not keep_tasks and up_file.exists():
+        replicas = _cancel_all()
+        while time.monotonic() < deadline and _live_shims(jobs_dir, skip=replicas):
+            time.sleep(0.5)
     if up_file.exists():
         doc = json.loads(up_file.read_text())
         if doc.get("start_time") is not None and is_alive(int(doc["pid"]), int(doc["start_time"])):
             _terminate(int(doc["pid"]), "control plane")
         up_file.unlink(missing_ok=True)
+    if replicas:
+        # the serving controller would have replaced cancelled replicas: with it stopped, the agent
+        # stops them; their services start new ones at the next `tessera up`
+        for job_id in sorted(replicas):
+            _stop_shims(jobs_dir / job_id)
+        while time.monotonic() < deadline and _live_shims(jobs_dir):
+            time.sleep(0.5)
+        out.print(f"stopped {len(replicas)} service replica(s)", highlight=False)
+    pid = local.agent_pid(settings)
+    if pid and pid > 0:
+        _terminate(pid, "node agent")
     out.print("tessera is down" + (" (tasks left running)" if keep_tasks else ""), highlight=False)
 
 
-def _cancel_all() -> None:
+def _cancel_all() -> set[str]:
+    """Cancel every live job but services' replicas; returns the ids of those replicas' workloads."""
     from tessera.api.jobs import JobState
     from tessera.client import ApiError, Client, Unreachable
 
     live = [s for s in JobState if not s.terminal]
+    replicas = set()
     try:
         with Client() as client:
-            for job in client.iter_jobs(states=live, limit=500):
+            for job in client.iter_jobs(states=live, limit=500, services=True):
+                if job.spec.kind == "serve":
+                    replicas.add(str(job.id))
+                    continue
                 try:
                     client.cancel_job(str(job.id))
                     out.print(f"cancelled {job.project}/{job.name}", highlight=False)
@@ -152,19 +168,34 @@ def _cancel_all() -> None:
                     pass  # it finished meanwhile
     except (Unreachable, ApiError) as exc:
         out.print(f"could not cancel jobs ({exc}); stopping anyway", highlight=False)
+    return replicas
 
 
-def _live_shims(jobs_dir: Path) -> bool:
+def _task_states(jobs_dir: Path) -> list[tuple[Path, ShimState | None]]:
     from tessera.node import shim
-    from tessera.node.procs import is_alive
 
     if not jobs_dir.exists():
-        return False
-    for state_file in jobs_dir.glob("*/*/state.json"):
-        state = shim.read_state(state_file.parent)
+        return []
+    return [(f.parent, shim.read_state(f.parent)) for f in jobs_dir.glob("**/state.json")]
+
+
+def _live_shims(jobs_dir: Path, skip: frozenset[str] | set[str] = frozenset()) -> bool:
+    from tessera.node.procs import is_alive
+
+    for task_dir, state in _task_states(jobs_dir):
+        if task_dir.parent.name in skip:
+            continue
         if state is not None and state.exit_code is None and is_alive(state.shim_pid, state.shim_start_time):
             return True
     return False
+
+
+def _stop_shims(job_dir: Path) -> None:
+    """Ask the shims of a job's tasks on this node to stop their tasks (SIGTERM, then the grace)."""
+    from tessera.node import shim
+
+    for task_dir, _ in _task_states(job_dir):
+        shim.stop(task_dir)
 
 
 def _terminate(pid: int, what: str, wait: float = 15) -> None:

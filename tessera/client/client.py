@@ -108,8 +108,11 @@ class Client:
         search: str | None = None,
         limit: int = 50,
         continue_: str | None = None,
+        services: bool = False,
     ) -> Page[Job]:
         params: dict[str, Any] = {"limit": limit}
+        if services:
+            params["services"] = "true"  # also service replicas' workloads
         for key, value in (
             ("project", project),
             ("queue", queue),
