@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     app.state.settings = settings
     app.state.traffic = Traffic()  # what the gateways report, for the autoscaler
     # metrics need the db at scrape time; it is bound in the lifespan
-    metrics = Metrics(lambda: app.state.db)
+    metrics = Metrics(lambda: app.state.db, lambda: app.state.traffic)
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from tessera.api.cluster import NodeState
 from tessera.api.usage import NodeUsage
+from tessera.platform.services.traffic import Traffic
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import (
     DataLoadRow,
@@ -21,7 +22,10 @@ from tessera.platform.store.rows import (
     JobRow,
     NodeRow,
     ProjectRow,
+    ReplicaRow,
     RevisionRow,
+    ServiceRevisionRow,
+    ServiceRow,
 )
 
 _GPU = ["node", "gpu", "model"]
@@ -168,8 +172,67 @@ class DatasetCollector(Collector):
         yield from (total, cached, percent, reads, loads)
 
 
+class ServingCollector(Collector):
+    """Per service revision: traffic, desired and ready replicas, and the gateways' measurements."""
+
+    def __init__(self, db: Callable[[], Database], traffic: Callable[[], Traffic]) -> None:
+        self.db, self.traffic = db, traffic
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["project", "service", "revision"]
+        families = {
+            "traffic": GaugeMetricFamily(
+                "tessera_service_traffic_percent", "Share of a service's traffic.", labels=labels
+            ),
+            "desired": GaugeMetricFamily(
+                "tessera_service_desired_replicas", "Replicas the autoscaler wants.", labels=labels
+            ),
+            "ready": GaugeMetricFamily("tessera_service_ready_replicas", "Ready replicas.", labels=labels),
+            "rps": GaugeMetricFamily(
+                "tessera_service_rps", "Requests per second (last minute).", labels=labels
+            ),
+            "p50": GaugeMetricFamily(
+                "tessera_service_latency_p50_seconds", "Median latency (last minute).", labels=labels
+            ),
+            "p99": GaugeMetricFamily(
+                "tessera_service_latency_p99_seconds", "99th percentile latency (last minute).", labels=labels
+            ),
+            "errors": GaugeMetricFamily(
+                "tessera_service_errors", "Errors in the last minute.", labels=labels
+            ),
+            "concurrency": GaugeMetricFamily(
+                "tessera_service_concurrency", "In-flight and held requests at the gateways.", labels=labels
+            ),
+        }
+        traffic = self.traffic()
+        with self.db().read() as session:
+            ready: dict[tuple[object, int], int] = {}
+            for service_id, number in session.execute(
+                select(ReplicaRow.service_id, ReplicaRow.revision_number).where(ReplicaRow.state == "Ready")
+            ).all():
+                ready[(service_id, number)] = ready.get((service_id, number), 0) + 1
+            rows = session.execute(
+                select(ServiceRevisionRow, ServiceRow.name, ProjectRow.name)
+                .join(ServiceRow, ServiceRow.id == ServiceRevisionRow.service_id)
+                .join(ProjectRow, ProjectRow.id == ServiceRow.project_id)
+            ).all()
+            for rev, service, project in rows:
+                key = [project, service, str(rev.number)]
+                m = traffic.metrics(rev.service_id, rev.number)
+                families["traffic"].add_metric(key, rev.traffic_percent)
+                families["desired"].add_metric(key, rev.desired_replicas)
+                families["ready"].add_metric(key, ready.get((rev.service_id, rev.number), 0))
+                families["rps"].add_metric(key, m.rps)
+                families["errors"].add_metric(key, m.errors)
+                families["concurrency"].add_metric(key, m.in_flight)
+                if m.p50_ms is not None and m.p99_ms is not None:
+                    families["p50"].add_metric(key, m.p50_ms / 1000)
+                    families["p99"].add_metric(key, m.p99_ms / 1000)
+        yield from families.values()
+
+
 class Metrics:
-    def __init__(self, db: Callable[[], Database]) -> None:
+    def __init__(self, db: Callable[[], Database], traffic: Callable[[], Traffic] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tessera_http_requests",
@@ -186,6 +249,8 @@ class Metrics:
         self.registry.register(StoreCollector(db))
         self.registry.register(UsageCollector(db))
         self.registry.register(DatasetCollector(db))
+        if traffic is not None:
+            self.registry.register(ServingCollector(db, traffic))
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")

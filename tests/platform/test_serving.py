@@ -123,6 +123,9 @@ def test_scale_from_zero_readiness_canary_promote_and_drain(api: Api) -> None:
     svc = rig.service()
     assert svc["replicas"][0]["state"] == "Ready" and svc["revisions"][0]["cold_start_s"] is not None
     assert svc["status"]["ready_replicas"] == 1
+    scraped = api.call("GET", "/metrics").text
+    assert 'tessera_service_ready_replicas{project="default",revision="1",service="m"} 1.0' in scraped
+    assert 'tessera_service_traffic_percent{project="default",revision="1",service="m"} 100.0' in scraped
 
     # a canary: revision 2 gets 20% and scales up on its own; revision 1 keeps 80%
     r = api.call("PATCH", "/api/v1/services/m", json={"env": {"MODEL": "v2"}, "canary": 20})
