@@ -38,6 +38,7 @@ LIVE = ("Pending", "Starting", "Ready", "Terminating")
 def serve(cluster: LocalCluster, name: str, *flags: str) -> dict[str, Any]:
     r = cluster.cli(
         "serve", "custom", "--name", name, "--gpu-memory", "8Gi", "--readiness-path", "/ready", "--public",
+        "--cpu", "0.25",
         *flags, "-o", "json", "--", "python", "examples/model_server.py",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -206,13 +207,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-serving-") as tmp:
         cluster = LocalCluster(home=Path(tmp) / "home", gateway=True, gpus="4xA100-80GB").start()
         try:
-            latency = added_latency(cluster, args.requests)
-            cold0 = cold_starts(cluster, args.cold_rounds, 0.0)
-            cold2 = cold_starts(cluster, args.cold_rounds, 2.0)
-            down = scale_down(cluster)
-            prom = promote(cluster)
+            report(cluster, args)
         finally:
             cluster.stop()
+
+
+def report(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    """Each table as soon as it is measured."""
+    latency = added_latency(cluster, args.requests)
     print(
         "\n| path | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms "
         "| added p50 ms | added p99 ms |"
@@ -221,28 +223,32 @@ def main() -> None:
     for label, dp50, dp99, gp50, gp99 in latency:
         print(
             f"| {label} | {dp50:.2f} | {dp99:.2f} | {gp50:.2f} | {gp99:.2f} "
-            f"| {gp50 - dp50:.2f} | {gp99 - dp99:.2f} |"
+            f"| {gp50 - dp50:.2f} | {gp99 - dp99:.2f} |",
+            flush=True,
         )
     print(
         "\n| cold start from zero | first request answered, s (each round) | median "
         "| replica created -> ready, s |"
     )
-    print("|---|---|---:|---:|")
-    for label, rounds in (("model loads in 0 s", cold0), ("model loads in 2 s", cold2)):
+    print("|---|---|---:|---:|", flush=True)
+    for label, load_s in (("model loads in 0 s", 0.0), ("model loads in 2 s", 2.0)):
+        rounds = cold_starts(cluster, args.cold_rounds, load_s)
         firsts = [f"{a:.2f}" for a, _ in rounds]
         readies = [b for _, b in rounds if b is not None]
         print(
             f"| {label} | {', '.join(firsts)} | {statistics.median(a for a, _ in rounds):.2f} | "
-            f"{statistics.median(readies):.2f} |"
+            f"{statistics.median(readies):.2f} |",
+            flush=True,
         )
-    total, peak, stopped, lost = down
+    total, peak, stopped, lost = scale_down(cluster)
     print("\n| lost requests | requests | what happened | non-200 |")
     print("|---|---:|---|---:|")
     print(
         f"| scale-down | {total} | scaled 1 -> {peak} under 6 clients, then {stopped} drained "
-        f"and stopped | {lost} |"
+        f"and stopped | {lost} |",
+        flush=True,
     )
-    total, ok, lost = prom
+    total, _, lost = promote(cluster)
     print(f"| promote | {total} | canary 20%, then promoted; revision 1 drained and stopped | {lost} |")
 
 

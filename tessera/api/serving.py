@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 from pydantic import Field, field_validator, model_validator
 
 from tessera.api.common import Duration, Labels, Meta, Model, Name
-from tessera.api.jobs import PRIORITY_CLASSES, Priority
+from tessera.api.jobs import PRIORITY_CLASSES, Priority, TaskGroupSpec
 from tessera.api.resources import Resources
 
 SERVICE_NAME_MAX = 40
 """Replicas run under generated names (``NAME-rN-xxxxx``), which must stay DNS labels."""
 LATENCY_SAMPLES_MAX = 512
+MAX_WINDOW = timedelta(minutes=10)  # the autoscaler keeps this much traffic history
 
 
 class ServiceSpec(Model):
@@ -53,6 +54,10 @@ class ServiceSpec(Model):
     hold_timeout: Duration = Field(
         default=timedelta(seconds=120), description="How long the gateway holds a request for a replica."
     )
+    startup_timeout: Duration = Field(
+        default=timedelta(minutes=10),
+        description="A replica not ready this long after it started fails (and is replaced, backing off).",
+    )
     labels: Labels = Field(default_factory=dict)
 
     @field_validator("name")
@@ -71,6 +76,10 @@ class ServiceSpec(Model):
 
     @model_validator(mode="after")
     def _bounds(self) -> ServiceSpec:
+        # what a replica runs must make a valid task (env names, a command)
+        TaskGroupSpec(command=self.command, env=self.env, resources=self.resources)
+        if self.stable_window > MAX_WINDOW:
+            raise ValueError(f"stable_window is at most {MAX_WINDOW.total_seconds():g}s")
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) cannot exceed max_replicas ({self.max_replicas})"
@@ -86,7 +95,9 @@ class ServiceUpdate(Model):
     """``serve update``: fields to change. Any change to what runs makes a new revision."""
 
     command: list[str] | None = Field(default=None, min_length=1)
-    env: dict[str, str] | None = None
+    env: dict[str, str | None] | None = Field(
+        default=None, description="Merged into the revision's env; a null value removes the variable."
+    )
     image: str | None = None
     resources: Resources | None = None
     readiness_path: str | None = None
@@ -148,6 +159,7 @@ LIVE_REPLICA_STATES = frozenset({ReplicaState.PENDING, ReplicaState.STARTING, Re
 
 class Replica(Meta):
     service: Name
+    project: str = ""
     revision_number: int = Field(description="The service revision it runs.")
     state: ReplicaState
     job_id: uuid.UUID | None = Field(default=None, description="The workload that runs it.")
@@ -160,13 +172,16 @@ class Replica(Meta):
 
 class Revision(Meta):
     service: Name
+    project: str = ""
     number: int
     spec: ServiceSpec
     traffic_percent: int = Field(ge=0, le=100)
     desired_replicas: int = 0
     ready_replicas: int = 0
     panic: bool = False
-    cold_start_s: float | None = Field(default=None, description="Last replica's bind-to-ready time.")
+    cold_start_s: float | None = Field(
+        default=None, description="Its last new replica's time from created (the scale-up) to ready."
+    )
     metrics: RevisionMetrics = Field(default_factory=RevisionMetrics)
 
 

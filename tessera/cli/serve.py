@@ -294,7 +294,9 @@ def serve_update(
     env: EnvOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """A new revision: tessera serve update m --canary 20 -e MODEL=v2 (then promote or rollback)."""
+    """A new revision: tessera serve update m --canary 20 -e MODEL=v2 (then promote or rollback).
+
+    -e merges into the revision's env (-e NAME= sets it empty); other flags replace their field."""
     body: dict[str, Any] = {
         "command": command or None,
         "canary": canary,
@@ -317,6 +319,8 @@ def serve_update(
             }
         svc = client.update_service(name, {k: v for k, v in body.items() if v is not None})
     _said(svc, output, f"service {svc.name} updated: revision {svc.status.latest_revision}")
+    if svc.token and output not in (Format.JSON, Format.YAML):
+        out.print(f"it is private now; its token, shown only now:\n  {svc.token}", highlight=False)
 
 
 def _said(svc: Service, output: Format, message: str) -> None:

@@ -190,9 +190,12 @@ class Client:
     def get_service(self, name: str) -> Service:
         return self._get(Service, f"{API}/services/{name}")
 
-    def update_service(self, name: str, update: ServiceUpdate | dict[str, Any]) -> Service:
+    def update_service(self, name: str, update: ServiceUpdate | dict[str, Any]) -> ServiceCreated:
+        """A new revision (or a service-level change); ``token`` is set if it made the service private."""
         body = update.model_dump(mode="json", exclude_unset=True) if isinstance(update, BaseModel) else update
-        return Service.model_validate(self.request("PATCH", f"{API}/services/{name}", json=body).json())
+        return ServiceCreated.model_validate(
+            self.request("PATCH", f"{API}/services/{name}", json=body).json()
+        )
 
     def set_traffic(self, name: str, split: dict[int, int]) -> Service:
         body = {"targets": [{"revision": n, "percent": p} for n, p in split.items()]}

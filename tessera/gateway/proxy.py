@@ -232,7 +232,7 @@ class Proxy:
         (``None`` at the hold deadline, or when the client left)."""
         rev = request.rev
         assert rev is not None
-        replica = rev.pick()
+        replica = rev.pick() or self._fallback(request)
         if replica is not None:
             return replica
         rev.stats.hold(1)
@@ -262,11 +262,34 @@ class Proxy:
                         changed.cancel()
                     if request.watch.gone:
                         return None
-                replica = rev.pick()
+                replica = rev.pick() or self._fallback(request)
                 if replica is not None:
                     return replica
         finally:
             rev.stats.hold(-1)
+
+    def _fallback(self, request: _Request) -> ReplicaState | None:
+        """While the chosen revision has no ready replica (a new revision still loading), another
+        revision's ready replica serves the request: traffic moves to a revision once it is ready,
+        like Knative's route. The request then counts for the revision that serves it."""
+        rev = request.rev
+        assert rev is not None
+        route = self.router.find(rev.service_id)
+        if route is None:
+            return None
+        others = sorted(
+            (r for r in route.revisions.values() if r is not rev and not r.removed),
+            key=lambda r: (r.percent, r.number),
+            reverse=True,
+        )
+        for other in others:
+            replica = other.pick()
+            if replica is not None:
+                rev.stats.leave(None, 0.0)
+                other.stats.enter()
+                request.rev = other
+                return replica
+        return None
 
     def _rechoose(self, request: _Request) -> RevisionState | None:
         old = request.rev

@@ -87,3 +87,28 @@ def test_client_leaving_while_held_is_no_longer_held(gateway: GatewayProcess, ba
     replica = backends.add("late")
     gateway.apply(route("gone", [(1, 100, [replica.route_replica()])]))
     assert replica.requests == []  # nothing was forwarded for the client that left
+
+
+def test_a_revision_not_ready_yet_has_its_share_served_by_a_ready_one(
+    gateway: GatewayProcess, backends: Backends
+) -> None:
+    # revision 2 has all the traffic but is still loading; revision 1 (0%) is ready and keeps
+    # serving until revision 2 is: no request waits, none is refused
+    old = backends.add("old")
+    new = backends.add("new", ready=False)
+    gateway.apply(
+        route("moving", [(1, 0, [old.route_replica()]), (2, 100, [new.route_replica()])]), ready=False
+    )
+    wait_until(lambda: new.probes(503) >= 2, what="the new revision probed")
+    with gateway.client() as client:
+        answers = [client.get("/serve/moving/x", headers=AUTH) for _ in range(5)]
+    assert [(a.status_code, a.headers["x-tessera-revision"]) for a in answers] == [(200, "1")] * 5
+    new.ready = True
+    wait_until(
+        lambda: (
+            (r := httpx.get(f"{gateway.url}/serve/moving/x", headers=AUTH)).headers.get("x-tessera-revision")
+            == "2"
+            and r
+        ),
+        what="traffic moved to revision 2 once ready",
+    )

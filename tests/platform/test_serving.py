@@ -276,3 +276,54 @@ def test_who_may_see_and_change_a_service(api: Api) -> None:
     second = api.call("POST", "/api/v1/gateway/report", json=report, token=gw).json()["services"][0]
     assert first["token_sha256"] != second["token_sha256"] == hashlib.sha256(rotated.encode()).hexdigest()
     assert uuid.UUID(second["service_id"])
+
+
+def test_only_services_make_serve_workloads(api: Api) -> None:
+    node(api)
+    body = {"name": "sneaky", "kind": "serve", "groups": [{"command": ["python", "-c", "1"]}]}
+    r = api.call("POST", "/api/v1/jobs", json=body)
+    assert r.status_code == 422 and "create a service instead" in r.text and "kind" in r.text
+
+
+def test_update_merges_env_and_going_private_mints_a_token(api: Api) -> None:
+    node(api)
+    api.call("POST", "/api/v1/services", json=body(env={"A": "1", "B": "2"}, public=True))
+    r = api.call("PATCH", "/api/v1/services/m", json={"env": {"B": None, "C": "3"}})
+    assert r.status_code == 200, r.text
+    latest = r.json()["revisions"][-1]["spec"]
+    assert latest["env"] == {"A": "1", "C": "3"} and r.json()["token"] is None
+    r = api.call("PATCH", "/api/v1/services/m", json={"public": False})
+    assert r.status_code == 200 and r.json()["token"], r.text
+    assert len(r.json()["revisions"]) == 2  # who may call it is not what runs: no new revision
+    r = api.call("PATCH", "/api/v1/services/m", json={"min_replicas": 5, "max_replicas": 2})
+    assert r.status_code == 422 and "cannot exceed max_replicas" in r.text and "errors.pydantic" not in r.text
+    r = api.call("PATCH", "/api/v1/services/m", json={"env": {"1BAD": "x"}})
+    assert r.status_code == 422 and "env key '1BAD'" in r.text
+
+
+def test_a_restarted_control_plane_keeps_the_scale_until_gateways_report(api: Api) -> None:
+    rig = Rig(api)
+    api.call("POST", "/api/v1/services", json=body(min_replicas=0, max_replicas=2, target_concurrency=1))
+    svc = rig.service()
+    rig.report([sample(svc, 1, concurrency=2)])
+    rig.tick()
+    assert rig.service()["revisions"][0]["desired_replicas"] == 2
+    # a new serving loop with no reports yet (as after a restart) changes nothing
+    fresh = ServingLoop(api.db, Traffic())
+    fresh.step()
+    assert rig.service()["revisions"][0]["desired_replicas"] == 2
+    assert [p["state"] for p in rig.service()["replicas"]] == ["Pending", "Pending"]
+
+
+def test_the_change_feed_shows_services_to_their_projects_only(api: Api) -> None:
+    node(api)
+    api.call("POST", "/api/v1/services", json=body(env={"HF_TOKEN": "hush"}))
+    api.call("POST", "/api/v1/projects", json={"name": "other"})
+    outsider = api.user("eve", project="other")
+    params = {"since": 0, "timeout": 0.5}
+    feed = api.call("GET", "/api/v1/watch", params=params, token=outsider).text
+    assert '"kind": "service"' not in feed.replace('"kind":"service"', '"kind": "service"')
+    assert "hush" not in feed and '"revision"' in feed  # bookmarks only
+    member = api.user("mia")
+    mine = api.call("GET", "/api/v1/watch", params=params, token=member).text
+    assert '"service"' in mine and '"revision"' in mine

@@ -23,6 +23,7 @@ from tessera.platform.services.replicas import (
     prune_ended,
     route_table,
     scale_revision,
+    startup_overdue,
     summarize,
 )
 from tessera.platform.services.serving import render_revision
@@ -64,36 +65,66 @@ class ServingLoop:
         self.traffic = traffic
         self.drain_timeout = drain_timeout
         self.scale: dict[tuple[uuid.UUID, int], ScaleState] = {}
+        self.inactive: set[tuple[uuid.UUID, int]] = set()
 
     def _decide(self, session: Session, service: ServiceRow, now: float) -> dict[int, Decision]:
         decisions = {}
         ready: dict[int, int] = {}
-        for (number,) in session.execute(
-            select(ReplicaRow.revision_number).where(
-                ReplicaRow.service_id == service.id, ReplicaRow.state == ReplicaState.READY.value
-            )
+        live: dict[int, int] = {}
+        for number, phase in session.execute(
+            select(ReplicaRow.revision_number, ReplicaRow.state).where(ReplicaRow.service_id == service.id)
         ).all():
-            ready[number] = ready.get(number, 0) + 1
-        for rev in session.execute(
-            select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service.id)
-        ).scalars():
+            if phase == ReplicaState.READY.value:
+                ready[number] = ready.get(number, 0) + 1
+            if phase in _LIVE:
+                live[number] = live.get(number, 0) + 1
+        revs = list(
+            session.execute(
+                select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service.id)
+            ).scalars()
+        )
+        # a revision given traffic but not ready yet: the gateways send its share to the ready
+        # replicas of others meanwhile, so those stay until it is (like Knative's route, which
+        # moves traffic only to a ready revision)
+        waiting = [r.number for r in revs if r.traffic_percent > 0 and not ready.get(r.number)]
+        covering = any(ready.get(r.number) for r in revs if r.traffic_percent == 0)
+        for rev in revs:
             key = (service.id, rev.number)
             state = self.scale.setdefault(key, ScaleState(last_active=now))
             if rev.traffic_percent == 0:
-                # the gateways send it nothing new: its replicas drain (their requests finish) and stop
-                decisions[rev.number] = Decision(0, False, "no traffic is routed to it")
+                self.inactive.add(key)
+                if waiting and ready.get(rev.number):
+                    why = f"keeps serving until revision {', '.join(map(str, waiting))} is ready"
+                    decisions[rev.number] = Decision(rev.desired_replicas, False, why)
+                else:  # the gateways send it nothing new: its replicas drain and stop
+                    decisions[rev.number] = Decision(0, False, "no traffic is routed to it")
                 continue
-            decisions[rev.number] = decide(
-                ServiceSpec.model_validate(rev.spec),
-                self.traffic.window(service.id, rev.number) or _EMPTY,
+            if key in self.inactive:  # traffic again (a rollback, a split): idle from now, not before
+                self.inactive.discard(key)
+                state.last_active = now
+            spec = ServiceSpec.model_validate(rev.spec)
+            window = self.traffic.window(service.id, rev.number)
+            held = self.traffic.held(service.id, rev.number, now)
+            if window is None:
+                # no report since this control plane started: keep the scale it had
+                keep = min(max(rev.desired_replicas, 1 if held else 0, spec.min_replicas), spec.max_replicas)
+                decisions[rev.number] = Decision(keep, rev.panic, "no traffic reports yet; scale kept")
+                continue
+            decision = decide(
+                spec,
+                window,
                 state,
                 now=now,
                 ready=ready.get(rev.number, 0),
                 current=rev.desired_replicas,
-                held=self.traffic.held(service.id, rev.number, now),
+                held=held,
                 cold_start_s=rev.cold_start_s,
-                active=rev.traffic_percent > 0,
+                active=True,
             )
+            if rev.number in waiting and covering and decision.desired < 1:
+                # its share is served elsewhere meanwhile: it sees no traffic of its own to scale on
+                decision = Decision(1, decision.panic, decision.reason + "; others serve its share: start 1")
+            decisions[rev.number] = decision
         return decisions
 
     def _must_write(self, session: Session, service: ServiceRow, decisions: dict[int, Decision]) -> bool:
@@ -105,7 +136,9 @@ class ServingLoop:
             if replica.state in _LIVE:
                 live[replica.revision_number] = live.get(replica.revision_number, 0) + 1
                 job = session.get(JobRow, replica.job_id) if replica.job_id else None
-                if _workload_moved(replica, job):
+                if _workload_moved(replica, job) or startup_overdue(
+                    replica, ServiceSpec.model_validate(service.spec)
+                ):
                     return True
         revs = session.execute(
             select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service.id)
@@ -127,17 +160,22 @@ class ServingLoop:
             ids = list(session.execute(select(ServiceRow.id)).scalars())
         for key in [k for k in self.scale if k[0] not in set(ids)]:
             del self.scale[key]
+            self.inactive.discard(key)
+        self.traffic.retain(set(ids))
         written = 0
         for service_id in ids:
-            with self.db.read() as session:
-                service = session.get(ServiceRow, service_id)
-                if service is None:
-                    continue
-                decisions = self._decide(session, service, now)
-                if not self._must_write(session, service, decisions):
-                    continue
-            self._write(service_id, decisions, now)
-            written += 1
+            try:  # one service's trouble must not stop the others' scaling
+                with self.db.read() as session:
+                    service = session.get(ServiceRow, service_id)
+                    if service is None:
+                        continue
+                    decisions = self._decide(session, service, now)
+                    if not self._must_write(session, service, decisions):
+                        continue
+                self._write(service_id, decisions, now)
+                written += 1
+            except Exception:
+                log.exception("serving controller: service %s failed this tick", service_id)
         return written
 
     def _write(self, service_id: uuid.UUID, decisions: dict[int, Decision], now: float) -> None:
@@ -169,7 +207,12 @@ class ServingLoop:
                         type=EventType.NORMAL,
                     )
                     rev.desired_replicas, rev.panic = decision.desired, decision.panic
-                    put(tx, "revision", rev, lambda r: render_revision(r, service.name, 0))
+                    put(
+                        tx,
+                        "revision",
+                        rev,
+                        lambda r: render_revision(r, service.name, project.name if project else "?"),
+                    )
                 scale_revision(tx, service, rev, rev.desired_replicas)
             finish_drains(tx, service, lambda rid, rv: self.traffic.drained(rid, rv, now), self.drain_timeout)
             prune_ended(tx, service)

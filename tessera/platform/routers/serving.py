@@ -53,13 +53,16 @@ async def list_services(
 @router.get("/services/{name}", response_model=Service)
 async def get_service(name: str, db: DbDep, caller: UserPrincipal, request: Request) -> Service:
     """A service with its revisions (traffic, scale, metrics) and replicas."""
-    metrics = _traffic(request).all_metrics()
-    return await run_in_threadpool(service.get_service, db, caller, name, _gateway_url(request), metrics)
+    traffic = _traffic(request)
+    return await run_in_threadpool(
+        service.get_service, db, caller, name, _gateway_url(request), traffic.metrics
+    )
 
 
-@router.patch("/services/{name}", response_model=Service)
-async def update_service(name: str, req: ServiceUpdate, db: DbDep, caller: UserPrincipal) -> Service:
-    """A new revision with these changes; ``canary`` is its share of traffic (default all)."""
+@router.patch("/services/{name}", response_model=ServiceCreated)
+async def update_service(name: str, req: ServiceUpdate, db: DbDep, caller: UserPrincipal) -> ServiceCreated:
+    """A new revision with these changes; ``canary`` is its share of traffic (default all). The
+    token is set only when this made a public service private."""
     return await run_in_threadpool(service.update_service, db, caller, name, req)
 
 

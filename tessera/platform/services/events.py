@@ -17,7 +17,9 @@ from tessera.platform.store.rows import EventRow
 
 # kinds whose changes only admins may watch (identity and credentials)
 _ADMIN_ONLY_KINDS = frozenset({"user", "token", "membership"})
-_PROJECT_SCOPED_KINDS = frozenset({"job", "event", "dataset", "dataload", "secret"})
+_PROJECT_SCOPED_KINDS = frozenset(
+    {"job", "event", "dataset", "dataload", "secret", "service", "revision", "replica"}
+)
 
 
 def list_events(

@@ -279,6 +279,12 @@ def _insert(
             field="name",
         )
     spec = JobSpec.model_validate({**req.model_dump(mode="json"), "name": name, "queue": queue})
+    if spec.kind == "serve":
+        raise Invalid(
+            "kind serve is what a service's replicas run as, made by the service itself; "
+            "create a service instead (tessera serve custom, POST /api/v1/services)",
+            field="kind",
+        )
     for i, group in enumerate(spec.groups):
         if group.image is not None:
             raise Invalid(

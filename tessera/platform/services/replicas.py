@@ -62,7 +62,7 @@ def _project(session: Session, service: ServiceRow) -> str:
 
 
 def _put_replica(tx: Tx, row: ReplicaRow, service: ServiceRow) -> None:
-    put(tx, "replica", row, lambda r: render_replica(r, service.name))
+    put(tx, "replica", row, lambda r: render_replica(r, service.name, _project(tx.session, service)))
 
 
 def _event(tx: Tx, service: ServiceRow, reason: str, message: str, warning: bool = False) -> None:
@@ -218,8 +218,27 @@ def follow_workloads(tx: Tx, service: ServiceRow) -> None:
                     replica.state = ReplicaState.STARTING.value
                     replica.started_at = utcnow()
                     replica.message = f"starting on {status.master.node}; waiting for its readiness probe"
+        if startup_overdue(replica, ServiceSpec.model_validate(service.spec)):
+            spec = ServiceSpec.model_validate(service.spec)
+            why = (
+                f"not ready {spec.startup_timeout.total_seconds():g}s after it started: does it answer "
+                f"{spec.readiness_path} with 2xx once loaded?"
+            )
+            _stop_workload(tx, replica, why)
+            replica.state, replica.message = ReplicaState.FAILED.value, why
+            _event(tx, service, "ReplicaFailed", f"replica {str(replica.id)[:8]} {why}", warning=True)
         if (replica.state, replica.endpoint, replica.message) != before:
             _put_replica(tx, replica, service)
+
+
+def startup_overdue(replica: ReplicaRow, spec: ServiceSpec) -> bool:
+    """A starting replica that has not passed its readiness probe within the startup timeout."""
+    return (
+        replica.state == ReplicaState.STARTING.value
+        and replica.ready_at is None
+        and replica.started_at is not None
+        and utcnow() - replica.started_at > spec.startup_timeout
+    )
 
 
 def mark_ready(tx: Tx, replica: ReplicaRow, ready: bool) -> None:
@@ -229,8 +248,13 @@ def mark_ready(tx: Tx, replica: ReplicaRow, ready: bool) -> None:
         return
     if ready and replica.state == ReplicaState.STARTING.value:
         now = utcnow()
-        replica.state, replica.ready_at, replica.message = ReplicaState.READY.value, now, ""
+        first = replica.ready_at is None
+        replica.state, replica.message = ReplicaState.READY.value, ""
+        replica.ready_at = replica.ready_at or now
         _put_replica(tx, replica, service)
+        if not first:  # ready again after its probe failed for a while: not a cold start
+            summarize(tx, service)
+            return
         cold = (now - replica.created_at).total_seconds()
         rev = tx.session.execute(
             select(ServiceRevisionRow).where(
@@ -240,7 +264,9 @@ def mark_ready(tx: Tx, replica: ReplicaRow, ready: bool) -> None:
         ).scalar_one_or_none()
         if rev is not None:
             rev.cold_start_s = round(cold, 3)
-            put(tx, "revision", rev, lambda r: render_revision(r, service.name, 0))
+            put(
+                tx, "revision", rev, lambda r: render_revision(r, service.name, _project(tx.session, service))
+            )
         _event(
             tx,
             service,
@@ -278,7 +304,9 @@ def scale_revision(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow, desired
     rank = {ReplicaState.PENDING.value: 0, ReplicaState.STARTING.value: 1, ReplicaState.READY.value: 2}
     extra = sorted(live, key=lambda r: (rank[r.state], -r.created_at.timestamp()))[: len(live) - desired]
     for replica in extra:
-        if replica.state == ReplicaState.READY.value:
+        # a replica with an endpoint may already get requests (a gateway routes once its own probe
+        # passes, before the control plane hears): it drains like a ready one
+        if replica.state == ReplicaState.READY.value or replica.endpoint:
             replica.state, replica.draining_since = ReplicaState.TERMINATING.value, utcnow()
             replica.message = "draining: no new requests; stopped once its requests finish"
         else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -68,8 +70,14 @@ def service_url(gateway_url: str | None, name: str) -> str | None:
     return f"{gateway_url.rstrip('/')}/serve/{name}/" if gateway_url else None
 
 
-def render_replica(row: ReplicaRow, service: str) -> Replica:
+def project_of(session: Session, service: ServiceRow) -> str:
+    project = session.get(ProjectRow, service.project_id)
+    return project.name if project else "?"
+
+
+def render_replica(row: ReplicaRow, service: str, project: str) -> Replica:
     return Replica(
+        project=project,
         id=row.id,
         version=row.version,
         revision=row.revision,
@@ -88,9 +96,14 @@ def render_replica(row: ReplicaRow, service: str) -> Replica:
 
 
 def render_revision(
-    row: ServiceRevisionRow, service: str, ready: int, metrics: RevisionMetrics | None = None
+    row: ServiceRevisionRow,
+    service: str,
+    project: str,
+    ready: int = 0,
+    metrics: RevisionMetrics | None = None,
 ) -> Revision:
     return Revision(
+        project=project,
         id=row.id,
         version=row.version,
         revision=row.revision,
@@ -114,9 +127,10 @@ def render_service(
     *,
     detail: bool = True,
     gateway_url: str | None = None,
-    metrics: dict[tuple[uuid.UUID, int], RevisionMetrics] | None = None,
+    metrics: Callable[[uuid.UUID, int], RevisionMetrics] | None = None,
 ) -> Service:
     project = session.get(ProjectRow, row.project_id)
+    project_name = project.name if project else "?"
     owner = session.get(UserRow, row.owner_id)
     status = ServiceStatus.model_validate(row.status)
     status.url = service_url(gateway_url, row.name)
@@ -127,7 +141,7 @@ def render_service(
                 select(ReplicaRow).where(ReplicaRow.service_id == row.id).order_by(ReplicaRow.created_at)
             ).scalars()
         )
-        replicas = [render_replica(r, row.name) for r in reps]
+        replicas = [render_replica(r, row.name, project_name) for r in reps]
         revs = session.execute(
             select(ServiceRevisionRow)
             .where(ServiceRevisionRow.service_id == row.id)
@@ -137,8 +151,9 @@ def render_service(
             render_revision(
                 r,
                 row.name,
+                project_name,
                 sum(1 for p in reps if p.revision_number == r.number and p.state == ReplicaState.READY),
-                (metrics or {}).get((row.id, r.number)),
+                metrics(row.id, r.number) if metrics else None,
             )
             for r in revs
         ]
@@ -254,7 +269,7 @@ def _add_revision(
         desired_replicas=spec.min_replicas if percent > 0 else 0,
         revision=tx.revision,
     )
-    put(tx, "revision", row, lambda r: render_revision(r, service.name, 0))
+    put(tx, "revision", row, lambda r: render_revision(r, service.name, project_of(tx.session, service)))
     return row
 
 
@@ -297,7 +312,7 @@ def get_service(
     caller: Principal,
     name: str,
     gateway_url: str | None = None,
-    metrics: dict[tuple[uuid.UUID, int], RevisionMetrics] | None = None,
+    metrics: Callable[[uuid.UUID, int], RevisionMetrics] | None = None,
 ) -> Service:
     with db.read() as session:
         row = find_service(session, caller, name)
@@ -324,7 +339,7 @@ def _apply_split(tx: Tx, row: ServiceRow, split: dict[int, int], message: str, c
             rev.traffic_percent = percent
             if percent > 0 and rev.desired_replicas == 0:  # the autoscaler takes it from here
                 rev.desired_replicas = max(1, ServiceSpec.model_validate(rev.spec).min_replicas)
-            put(tx, "revision", rev, lambda r: render_revision(r, row.name, 0))
+            put(tx, "revision", rev, lambda r: render_revision(r, row.name, project_of(tx.session, row)))
     status = ServiceStatus.model_validate(row.status)
     status.traffic = [TrafficTarget(revision=n, percent=p) for n, p in sorted(split.items()) if p > 0]
     row.status = status.model_dump(mode="json")
@@ -343,46 +358,60 @@ def _apply_split(tx: Tx, row: ServiceRow, split: dict[int, int], message: str, c
     )
 
 
-def update_service(db: Database, caller: Principal, name: str, update: ServiceUpdate) -> Service:
+def update_service(db: Database, caller: Principal, name: str, update: ServiceUpdate) -> ServiceCreated:
     """A new revision from the latest spec with ``update`` applied; it gets ``canary`` percent of the
-    traffic (default all), the rest staying with the revision that served most."""
+    traffic (default all), the rest staying with the revision that served most. ``env`` is merged
+    (a null value removes a variable). Making a public service private mints its token (returned)."""
     changes = update.model_dump(exclude_unset=True, exclude={"canary"})
     if not changes:
         raise Invalid("nothing to update: give at least one field to change", field="body")
+    token = None
     with db.write() as tx:
         row = find_service(tx.session, caller, name)
         project = tx.session.get(ProjectRow, row.project_id)
         caller.require(project.name if project else "?", Role.MEMBER)
         latest = ServiceSpec.model_validate(row.spec)
+        fields = update_fields(update)
+        if update.env is not None:
+            merged = {**latest.env, **update.env}
+            fields["env"] = {k: v for k, v in merged.items() if v is not None}
         try:
-            spec = ServiceSpec.model_validate({**latest.model_dump(mode="json"), **update_fields(update)})
-        except ValueError as exc:
-            raise Invalid(str(exc).splitlines()[-1], field="body") from None
+            spec = ServiceSpec.model_validate({**latest.model_dump(mode="json"), **fields})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise Invalid(f"{first['msg'].removeprefix('Value error, ')}", field=where) from None
         if project is not None:
             _check_placement(tx, spec, project)
-        if "public" in changes and spec.public != latest.public:
-            row.token_hash = None if spec.public else row.token_hash
+        if spec.public != latest.public:
+            token = None if spec.public else new_secret()
+            row.token_hash = token_hash(token) if token else None
         row.spec = spec.model_dump(mode="json")
-        if not any(f in changes for f in _REVISION_FIELDS):  # only service-level fields changed
+        if any(f in changes for f in _REVISION_FIELDS):
+            # the new revision's replicas run for whoever changed what runs
+            row.owner_id = caller.user_id
+            _new_revision(tx, row, spec, update.canary, caller)
+        else:  # only service-level fields changed
             put(tx, "service", row, lambda r: _feed(tx.session, r))
-            return render_service(tx.session, row)
-        status = ServiceStatus.model_validate(row.status)
-        number = status.latest_revision + 1
-        canary = 100 if update.canary is None else update.canary
-        current = {t.revision: t.percent for t in status.traffic}
-        split = {number: canary}
-        if canary < 100:
-            if not current:
-                raise Invalid(
-                    "no revision serves traffic to keep the rest; give --canary 100", field="canary"
-                )
-            keep = max(current, key=lambda n: (current[n], n))
-            split[keep] = 100 - canary
-        _add_revision(tx, row, number, spec, 0)
-        status.latest_revision = number
-        row.status = status.model_dump(mode="json")
-        _apply_split(tx, row, split, f"revision {number} created", caller)
-        return render_service(tx.session, row)
+        service = render_service(tx.session, row)
+    return ServiceCreated(**service.model_dump(), token=token)
+
+
+def _new_revision(tx: Tx, row: ServiceRow, spec: ServiceSpec, canary: int | None, caller: Principal) -> None:
+    status = ServiceStatus.model_validate(row.status)
+    number = status.latest_revision + 1
+    share = 100 if canary is None else canary
+    current = {t.revision: t.percent for t in status.traffic}
+    split = {number: share}
+    if share < 100:
+        if not current:
+            raise Invalid("no revision serves traffic to keep the rest; give --canary 100", field="canary")
+        keep = max(current, key=lambda n: (current[n], n))
+        split[keep] = 100 - share
+    _add_revision(tx, row, number, spec, 0)
+    status.latest_revision = number
+    row.status = status.model_dump(mode="json")
+    _apply_split(tx, row, split, f"revision {number} created", caller)
 
 
 def update_fields(update: ServiceUpdate) -> dict[str, object]:
@@ -478,4 +507,13 @@ def delete_service(db: Database, caller: Principal, name: str) -> None:
             reason="Deleted",
             message=f"by {caller.user_name}",
         )
-        remove(tx, "service", row, {"name": row.name, "project": project.name if project else None})
+        tombstone = {"service": row.name, "project": project.name if project else None}
+        for child in [
+            *tx.session.execute(select(ReplicaRow).where(ReplicaRow.service_id == row.id)).scalars(),
+            *tx.session.execute(
+                select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == row.id)
+            ).scalars(),
+        ]:
+            kind = "replica" if isinstance(child, ReplicaRow) else "revision"
+            remove(tx, kind, child, tombstone)
+        remove(tx, "service", row, {"name": row.name, "project": tombstone["project"]})

@@ -56,8 +56,10 @@ class Traffic:
 
     def record(self, report: GatewayReport, now: float | None = None) -> None:
         now = self.now() if now is None else now
+        # two gateways may share a name (each defaults to "gateway"): their URLs tell them apart
+        gateway = f"{report.gateway}@{report.url}"
         with self._lock:
-            self._gateways[report.gateway] = _Gateway(
+            self._gateways[gateway] = _Gateway(
                 url=report.url,
                 at=now,
                 routes_revision=report.routes_revision,
@@ -66,10 +68,10 @@ class Traffic:
             for sample in report.revisions:
                 rev = self._revisions.setdefault((sample.service_id, sample.revision), _Revision())
                 rev.window.record(
-                    report.gateway, at=now, concurrency=sample.concurrency, interval_s=report.interval_s
+                    gateway, at=now, concurrency=sample.concurrency, interval_s=report.interval_s
                 )
-                rev.held[report.gateway] = (now, sample.held)
-                rev.latest[report.gateway] = (now, sample.concurrency)
+                rev.held[gateway] = (now, sample.held)
+                rev.latest[gateway] = (now, sample.concurrency)
                 if rev.first_at is None:
                     rev.first_at = now - report.interval_s
                 if sample.requests or sample.errors:
@@ -77,6 +79,12 @@ class Traffic:
                 while rev.completed and rev.completed[0][0] < now - METRICS_WINDOW_S:
                     rev.completed.popleft()
                 rev.window.prune(now)
+
+    def retain(self, service_ids: set[uuid.UUID]) -> None:
+        """Forget what was reported for services that no longer exist."""
+        with self._lock:
+            for key in [k for k in self._revisions if k[0] not in service_ids]:
+                del self._revisions[key]
 
     def _live(self, now: float) -> dict[str, _Gateway]:
         return {name: g for name, g in self._gateways.items() if now - g.at <= GATEWAY_STALE_S}
