@@ -46,6 +46,7 @@ bench: install $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m bench.placement
 	$(BIN)/python -m bench.elastic
 	$(BIN)/python -m bench.datasets
+	$(BIN)/python -m bench.serving
 	mkdir -p bench/results
 	$(BIN)/python -m bench.openb_grid --jobs 2 | tee bench/results/openb.md
 

@@ -121,6 +121,9 @@ def query_number(query: dict[str, list[str]], name: str, default: float, low: fl
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tessera-example-model-server/1"
+    # headers and body go out in separate writes: with Nagle's algorithm on, the second waits for
+    # the client's delayed ACK (~40 ms on Linux) on every keep-alive request
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # one line at start is enough
         pass
