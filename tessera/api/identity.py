@@ -99,3 +99,17 @@ class UpdateProjectRequest(Model):
 
 class SetMemberRequest(Model):
     role: Role
+
+
+class SignIn(Model):
+    """Web sign-in: a user token, exchanged for a session cookie (the token itself is not kept)."""
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class WebSession(Model):
+    user: str
+    is_admin: bool
+    expires_at: datetime | None
+    csrf_token: str = Field(description="Send as X-CSRF-Token on every write from the web UI.")
+    projects: dict[str, str] = Field(default_factory=dict, description="Project -> your role.")

@@ -25,6 +25,7 @@ from tessera.platform.routers import (
     projects,
     queues,
     serving,
+    session,
     users,
 )
 from tessera.platform.services.identity import bootstrap
@@ -135,8 +136,26 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving):
+    for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving, session):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    _web(app)
     return app
+
+
+WEB = Path(__file__).resolve().parents[1] / "web" / "static"
+
+
+def _web(app: FastAPI) -> None:
+    """The web UI at the root URL: static files, no build step."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    if not (WEB / "index.html").exists():
+        return
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})

@@ -8,6 +8,7 @@ it accepts; project-level roles are then checked through the returned
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -87,11 +88,31 @@ class Principal:
         return None if self.admin else set(self.roles())
 
 
+SESSION_COOKIE = "tessera_session"
+CSRF_COOKIE = "tessera_csrf"
+CSRF_HEADER = "x-csrf-token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_token(session_secret: str) -> str:
+    """The CSRF token of a web session: derived from its secret, so nothing more is stored."""
+    return hmac.new(session_secret.encode(), b"tessera-csrf", hashlib.sha256).hexdigest()
+
+
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    session = request.cookies.get(SESSION_COOKIE)
+    if session and not header:
+        # the web UI: an HttpOnly session cookie; a write must also carry the CSRF header, which
+        # another site's page cannot read or forge (and SameSite=Strict keeps the cookie home)
+        if request.method not in _SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get(CSRF_HEADER, ""), csrf_token(session)
+        ):
+            raise Forbidden(f"a write from a web session needs the {CSRF_HEADER} header (sign in again)")
+        return session
     raise Unauthorized(
         "missing token: send 'Authorization: Bearer <token>' "
         "(the CLI reads TESSERA_TOKEN or ~/.tessera/credentials.json)"
