@@ -100,7 +100,7 @@ def control_plane(database_url: str | None) -> Iterator[Server]:
     try:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [*command, "up", "--port", str(port), "--no-agent"],
+                [*command, "up", "--port", str(port), "--no-agent", "--no-gateway"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -24,6 +25,7 @@ from tessera.client.config import ClientConfig, resolve
 
 M = TypeVar("M", bound=BaseModel)
 API = "/api/v1"
+RETRIABLE = frozenset({429, 502, 503, 504})  # worth another try with the same idempotency key
 
 
 class ApiError(Exception):
@@ -92,11 +94,45 @@ class Client:
 
     # jobs --------------------------------------------------------------------------------
 
-    def submit_job(self, req: SubmitJobRequest | dict[str, Any], idempotency_key: str | None = None) -> Job:
-        """Submit; a dict is sent as is so the server does (and explains) all validation."""
+    def submit_job(
+        self, req: SubmitJobRequest | dict[str, Any], idempotency_key: str | None = None, retries: int = 3
+    ) -> Job:
+        """Submit, idempotently: one key (``idempotency_key``, else a new one) is sent on every try, so
+        a retry after a lost answer or a restart returns the first job instead of a second. A dict
+        is sent as is, so the server does (and explains) all validation."""
         body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return Job.model_validate(self.request("POST", f"{API}/jobs", json=body, headers=headers).json())
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        for attempt in range(retries + 1):
+            try:
+                response = self.request("POST", f"{API}/jobs", json=body, headers=headers)
+                return Job.model_validate(response.json())
+            except (Unreachable, ApiError) as exc:
+                retriable = isinstance(exc, Unreachable) or exc.status in RETRIABLE
+                if not retriable or attempt == retries:
+                    raise
+                time.sleep(min(0.2 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    def wait(
+        self,
+        ref: str,
+        project: str = "default",
+        *,
+        states: Collection[JobState] | None = None,
+        timeout: float | None = None,
+        poll: float = 1.0,
+    ) -> Job:
+        """The job once it reaches one of ``states`` (default: any terminal state); TimeoutError after
+        ``timeout`` seconds."""
+        wanted = set(states) if states else {s for s in JobState if s.terminal}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(ref, project)
+            if job.status.state in wanted:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {ref} is {job.status.state} after {timeout:g}s")
+            time.sleep(poll)
 
     def list_jobs(
         self,

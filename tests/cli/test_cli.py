@@ -52,7 +52,10 @@ def start(home: Path, port: int) -> Server:
     env["TESSERA_HOME"] = str(home)
     log = open(home.parent / f"up-{port}.log", "ab")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [TESSERA, "up", "--port", str(port), "--no-agent"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [TESSERA, "up", "--port", str(port), "--no-agent", "--no-gateway"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
