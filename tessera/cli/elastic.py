@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tessera.cli.jobs import OutputOpt, ProjectOpt, _duration, _pairs, send_job
+from tessera.cli.jobs import OutputOpt, SubmitProjectOpt, _duration, _gib, _pairs, send_job
 from tessera.cli.output import Format
 
 
@@ -46,7 +46,7 @@ def submit_elastic(
         ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Job name; generated if unset.")] = None,
-    project: ProjectOpt = "default",
+    project: SubmitProjectOpt = "default",
     queue: Annotated[str | None, typer.Option("-q", "--queue")] = None,
     config: Annotated[str | None, typer.Option("--config", help="train(config) as a JSON object.")] = None,
     set_: Annotated[
@@ -64,10 +64,17 @@ def submit_elastic(
     resize_interval: Annotated[str, typer.Option(help="How often to look for granted slices.")] = "2s",
     gpus: Annotated[float | None, typer.Option(help="GPUs per worker: 1, or a fraction like 0.5.")] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Slice memory per worker, e.g. 4Gi.")] = None,
-    gpu_compute: Annotated[int | None, typer.Option(help="Slice compute percent per worker.")] = None,
+    gpu_compute: Annotated[
+        int | None, typer.Option("--gpu-compute", "--gpucore", help="Slice compute percent per worker.")
+    ] = None,
+    gpumemory: Annotated[
+        int | None, typer.Option("--gpumemory", min=1, help="Arena's spelling: slice memory in GiB.")
+    ] = None,
     cpu: Annotated[str | None, typer.Option(help="CPU per worker: 2, 0.5 or 500m.")] = None,
     memory: Annotated[str | None, typer.Option(help="Host memory per worker, e.g. 8Gi.")] = None,
-    priority: Annotated[str | None, typer.Option(help="low, normal, high or an integer.")] = None,
+    priority: Annotated[
+        str | None, typer.Option("-p", "--priority", help="low, normal, high or an integer.")
+    ] = None,
     preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
@@ -95,7 +102,7 @@ def submit_elastic(
         key: value
         for key, value in (
             ("gpus", gpus),
-            ("gpu_memory", gpu_memory),
+            ("gpu_memory", _gib(gpu_memory, gpumemory)),
             ("gpu_compute", gpu_compute),
             ("cpu", cpu),
             ("memory", memory),

@@ -17,6 +17,19 @@ OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, wide, 
 ProjectOpt = Annotated[
     str, typer.Option("-p", "--project", envvar="TESSERA_PROJECT", help="Project of jobs addressed by name.")
 ]
+# submit verbs: -p is Arena's --priority there
+SubmitProjectOpt = Annotated[
+    str, typer.Option("--project", envvar="TESSERA_PROJECT", help="Project to submit to.")
+]
+
+
+def _gib(gpu_memory: str | None, gpumemory: int | None) -> str | None:
+    """--gpu-memory 8Gi, or Arena's --gpumemory 8 (GiB)."""
+    if gpu_memory is not None and gpumemory is not None:
+        raise typer.BadParameter(
+            "give --gpu-memory or Arena's --gpumemory, not both", param_hint="--gpumemory"
+        )
+    return f"{gpumemory}Gi" if gpumemory is not None else gpu_memory
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -68,20 +81,27 @@ def submit_train(
     name: Annotated[
         str | None, typer.Option("--name", help="Job name (DNS label); generated if unset.")
     ] = None,
-    project: ProjectOpt = "default",
+    project: SubmitProjectOpt = "default",
     queue: Annotated[
         str | None, typer.Option("-q", "--queue", help="Defaults to the project's queue.")
     ] = None,
     gpus: Annotated[float | None, typer.Option(help="Whole GPUs (1, 2, ...) or a fraction like 0.5.")] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Slice memory, e.g. 4Gi.")] = None,
-    gpu_compute: Annotated[int | None, typer.Option(help="Slice compute percent, 1..100.")] = None,
+    gpu_compute: Annotated[
+        int | None, typer.Option("--gpu-compute", "--gpucore", help="Slice compute percent, 1..100.")
+    ] = None,
+    gpumemory: Annotated[
+        int | None, typer.Option("--gpumemory", min=1, help="Arena's spelling: slice memory in GiB.")
+    ] = None,
     mig: Annotated[str | None, typer.Option(help="MIG profile, e.g. 1g.10gb.")] = None,
     gpu_model: Annotated[list[str] | None, typer.Option(help="Allowed GPU model (repeatable).")] = None,
     cpu: Annotated[str | None, typer.Option(help="CPU per task: 2, 0.5 or 500m.")] = None,
     memory: Annotated[str | None, typer.Option(help="Host memory per task, e.g. 8Gi.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Tasks in the gang; rank 0 is the master.")] = 1,
     min_available: Annotated[int | None, typer.Option(min=1, help="Gang size if below workers.")] = None,
-    priority: Annotated[str | None, typer.Option(help="low, normal, high or an integer.")] = None,
+    priority: Annotated[
+        str | None, typer.Option("-p", "--priority", help="low, normal, high or an integer.")
+    ] = None,
     preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
@@ -94,7 +114,9 @@ def submit_train(
             help="How long it should run, e.g. 45m: lets it backfill into room held for a waiting gang."
         ),
     ] = None,
-    retries: Annotated[int, typer.Option(min=0, help="Times to retry after a failure.")] = 0,
+    retries: Annotated[
+        int, typer.Option("--retries", "--retry", min=0, help="Times to retry after a failure.")
+    ] = 0,
     workdir: Annotated[str | None, typer.Option(help="Working directory of each task.")] = None,
     image: Annotated[str | None, typer.Option(help="Container image (container backends only).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
@@ -118,7 +140,7 @@ def submit_train(
     resources: dict[str, Any] = {}
     for key, value in (
         ("gpus", gpus),
-        ("gpu_memory", gpu_memory),
+        ("gpu_memory", _gib(gpu_memory, gpumemory)),
         ("gpu_compute", gpu_compute),
         ("mig_profile", mig),
         ("cpu", cpu),
@@ -393,12 +415,49 @@ def explain(
         out.print("no node has joined yet", highlight=False)
 
 
+def prune(
+    since: Annotated[str, typer.Option("--since", help="Ended longer ago than this, e.g. 24h, 7d.")],
+    project: Annotated[str | None, typer.Option("--project", help="Only this project.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be deleted.")] = False,
+) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) that ended longer ago than --since."""
+    from datetime import UTC, datetime
+
+    cutoff = datetime.now(UTC) - parse_duration(_duration(since, "--since") or since)
+    ended = [s for s in JobState if s.terminal]
+    with server_errors(), Client() as client:
+        old = [
+            j
+            for j in client.iter_jobs(states=ended, project=project, limit=500)
+            if (j.status.finished_at or j.updated_at) < cutoff
+        ]
+        for job in old:
+            if not dry_run:
+                client.delete_job(str(job.id), job.project)
+            out.print(f"{'would delete' if dry_run else 'deleted'} {job.project}/{job.name}", highlight=False)
+    out.print(f"{len(old)} job(s) {'to prune' if dry_run else 'pruned'}", highlight=False)
+
+
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")] = "bash",
+) -> None:
+    """Print the shell completion script: eval "$(tessera completion bash)"."""
+    from typer._completion_shared import get_completion_script
+
+    if shell not in ("bash", "zsh", "fish"):
+        raise typer.BadParameter(f"{shell!r} is not bash, zsh or fish", param_hint="SHELL")
+    script = get_completion_script(prog_name="tessera", complete_var="_TESSERA_COMPLETE", shell=shell)
+    print(script)  # noqa: T201
+
+
 # Arena's `submit pytorchjob` is the same command with kind pytorchjob (the name it was called by)
 submit_app.command("pytorchjob", context_settings={"allow_interspersed_args": False})(submit_train)
 
 
 def register(app: typer.Typer) -> None:
     app.command("explain")(explain)
+    app.command("prune")(prune)
+    app.command("completion")(completion)
     app.command("logs")(logs)
     app.add_typer(submit_app, name="submit")
     app.command("list")(list_jobs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from tessera.api.quantities import format_mib
 from tessera.api.usage import GpuUsage, JobUsage, NodeUsage, SliceUsage
@@ -106,6 +108,17 @@ def top_node(
         _show_node(usage, output is Format.WIDE)
 
 
+BARS = "▁▂▃▄▅▆▇█"
+HISTORY = 40
+
+
+def sparkline(values: list[float], top: float) -> str:
+    """A row of block characters, one per sample, scaled to ``top``."""
+    if top <= 0:
+        return ""
+    return "".join(BARS[min(len(BARS) - 1, max(0, int(v / top * (len(BARS) - 1) + 0.5)))] for v in values)
+
+
 @top_app.command("job")
 def top_job(
     ref: Annotated[str, typer.Argument(help="Job name or id.")],
@@ -113,17 +126,62 @@ def top_job(
         str,
         typer.Option("-p", "--project", envvar="TESSERA_PROJECT", help="Project of a job addressed by name."),
     ] = "default",
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh, with sparklines of use.")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes with -w.")] = 2.0,
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Each slice of a job: memory used beside allocated, measured share beside given, its tier."""
-    with server_errors(), Client() as client:
-        usage: JobUsage = client.job_usage(ref, project)
-    if output in (Format.JSON, Format.YAML):
-        dump(usage, output)
+    if not watch:
+        with server_errors(), Client() as client:
+            usage: JobUsage = client.job_usage(ref, project)
+        if output in (Format.JSON, Format.YAML):
+            dump(usage, output)
+            return
+        _show_job(usage, output is Format.WIDE, {})
         return
-    out.print(f"[bold]{usage.project}/{usage.job}[/bold] {usage.state}", highlight=False)
-    wide = output is Format.WIDE
+    import time
+
+    from rich.live import Live
+
+    history: dict[uuid.UUID, tuple[list[float], list[float]]] = {}
+    with server_errors(), Client() as client, Live(console=out, auto_refresh=False) as live:
+        while True:
+            usage = client.job_usage(ref, project)
+            for s in usage.slices:
+                memory, compute = history.setdefault(s.slice_id, ([], []))
+                memory.append(float(s.used_memory_mib or 0))
+                compute.append(float(s.share_pct or 0))
+                del memory[:-HISTORY], compute[:-HISTORY]
+            live.update(_job_table(usage, output is Format.WIDE, history), refresh=True)
+            if usage.state in {"SUCCEEDED", "FAILED", "CANCELLED"}:
+                return
+            time.sleep(interval)
+
+
+def _show_job(usage: JobUsage, wide: bool, history: dict[uuid.UUID, tuple[list[float], list[float]]]) -> None:
+    out.print(_job_table(usage, wide, history))
+
+
+def _job_table(
+    usage: JobUsage, wide: bool, history: dict[uuid.UUID, tuple[list[float], list[float]]]
+) -> Table:
+    t = Table(
+        title=f"{usage.project}/{usage.job} {usage.state}",
+        box=None,
+        header_style="bold",
+        title_justify="left",
+    )
+    columns = _SLICE_COLUMNS + (_WIDE_SLICE if wide else [])
+    if history:
+        columns = [*columns, f"MEMORY (last {HISTORY})", f"COMPUTE (last {HISTORY})"]
+    for column in columns:
+        t.add_column(column, overflow="fold")
     if not usage.slices:
-        out.print("no GPU slices (not placed, or it holds none)", highlight=False)
-        return
-    table(_SLICE_COLUMNS + (_WIDE_SLICE if wide else []), [_slice_row(s, wide, False) for s in usage.slices])
+        t.caption = "no GPU slices (not placed, or it holds none)"
+    for s in usage.slices:
+        row = _slice_row(s, wide, False)
+        if history:
+            memory, compute = history.get(s.slice_id, ([], []))
+            row += [sparkline(memory, float(s.memory_mib)), sparkline(compute, 100.0)]
+        t.add_row(*row)
+    return t

@@ -244,3 +244,41 @@ def test_submit_pytorchjob_is_a_gang_of_kind_pytorchjob(server: Server) -> None:
     assert job["spec"]["kind"] == "pytorchjob" and len(job["tasks"]) == 2
     plain = json.loads(server.run("submit", "train", "--name", "t", "-o", "json", "--", "x").stdout)
     assert plain["spec"]["kind"] == "train"
+
+
+def test_arena_spellings_prune_top_watch_and_completion(server: Server) -> None:
+    r = server.run(
+        "submit", "train", "--name", "arena", "-p", "high", "--gpumemory", "8", "--gpucore", "30",
+        "--retry", "2", "--project", "default", "-o", "json", "--", "python", "-c", "pass",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    spec = json.loads(r.stdout)["spec"]
+    resources = spec["groups"][0]["resources"]
+    assert (spec["priority"], resources["gpu_memory"], resources["gpu_compute"]) == (1000, 8192, 30)
+    assert spec["retry"]["max_retries"] == 2
+    both = server.run("submit", "train", "--gpumemory", "8", "--gpu-memory", "8Gi", "--", "true")
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert server.run("cancel", "arena").returncode == 0
+    # top job -w refreshes until the job has ended (here at once), with sparkline columns
+    top = server.run("top", "job", "arena", "-w", "--interval", "0.2")
+    assert top.returncode == 0 and "default/arena CANCELLED" in top.stdout
+    # prune: finished jobs older than --since; a dry run deletes nothing
+    assert "0 job(s) pruned" in server.run("prune", "--since", "1h").stdout
+    dry = server.run("prune", "--since", "0s", "--dry-run").stdout
+    assert "would delete default/arena" in dry
+    assert server.run("get", "arena").returncode == 0
+    assert "deleted default/arena" in server.run("prune", "--since", "0s").stdout
+    assert server.run("get", "arena").returncode == 1
+    script = server.run("completion", "bash").stdout
+    assert "_TESSERA_COMPLETE=complete_bash" in script and "complete -o default -F" in script
+    env = {"COMP_WORDS": "tessera ser", "COMP_CWORD": "1", "_TESSERA_COMPLETE": "complete_bash"}
+    assert (
+        "serve" in subprocess.run([TESSERA], env={**os.environ, **env}, capture_output=True, text=True).stdout
+    )
+
+
+def test_sparkline_scales_to_the_allocation() -> None:
+    from tessera.cli.top import sparkline
+
+    assert sparkline([0, 50, 100], 100) == "▁▅█"
+    assert sparkline([200], 100) == "█" and sparkline([1], 0) == ""
