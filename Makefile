@@ -22,7 +22,7 @@ install: $(STAMP)
 # it per machine)
 TRAIN_STAMP := $(VENV)/.train-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 $(TRAIN_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,train,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,train,ray,kfp]'
 	@rm -f $(VENV)/.train-* && touch $@
 
 up: install
