@@ -548,14 +548,14 @@ def _check_master_port(env: dict[str, str]) -> None:
     holds that port (the job fails with StartError, and a retry gets another port). A service
     replica's PORT is checked the same way."""
     if "PORT" in env and "TESSERA_REPLICA_ID" in env:
-        port = int(env["PORT"])
+        name, port = "PORT", int(env["PORT"])
     elif env.get("RANK") != "0" or int(env.get("WORLD_SIZE", "1")) < 2 or "MASTER_PORT" not in env:
         return
     else:
-        port = int(env["MASTER_PORT"])
+        name, port = "MASTER_PORT", int(env["MASTER_PORT"])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as exc:
-            raise RuntimeError(f"port {port} is in use on this node ({exc.strerror})") from None
+            raise RuntimeError(f"{name} {port} is in use on this node ({exc.strerror})") from None
