@@ -126,3 +126,19 @@ def check_placement(value: str | None) -> str | None:
     if value is not None and value not in PLACEMENTS:
         raise ValueError(f"unknown placement policy {value!r}; valid: {PLACEMENT_FORM}")
     return value
+
+
+class QueueUsage(Model):
+    """What a queue holds now, against its quota and its fair share (as the scheduler counts it)."""
+
+    queue: Name
+    parent: Name | None = None
+    used: ResourceAmounts = Field(description="Held by its running jobs and its sub-queues'.")
+    guaranteed: ResourceAmounts
+    borrowed: ResourceAmounts = Field(description="Used beyond guaranteed (on each resource).")
+    borrowing_limit: ResourceAmounts | None = None
+    weight: float
+    dominant_share: float = Field(description="Max over resources of used / cluster total.")
+    fair_share: float = Field(description="Its weight's part of the cluster among active sibling queues.")
+    running: int = 0
+    pending: int = 0

@@ -86,6 +86,31 @@ def _show(queues: list[Queue], output: Format) -> None:
     table(["NAME", "PARENT", "GUARANTEED", "BORROWING LIMIT", "WEIGHT", "PLACEMENT", "MEMORY/COMPUTE"], rows)
 
 
+@queue_app.command("usage")
+def queue_usage(output: Annotated[Format, typer.Option("-o", "--output")] = Format.TABLE) -> None:
+    """What each queue holds against its quota, with dominant and fair shares (as scheduled)."""
+    from tessera.api.queues import QueueUsage
+
+    with server_errors(), Client() as client:
+        usage = [QueueUsage.model_validate(u) for u in client.request("GET", "/api/v1/queues/usage").json()]
+    if output in (Format.JSON, Format.YAML):
+        dump(usage, output)
+        return
+    rows = [
+        [
+            u.queue,
+            _fmt(u.used),
+            _fmt(u.guaranteed),
+            _fmt(u.borrowed),
+            f"{u.dominant_share:.0%} / {u.fair_share:.0%}",
+            str(u.running),
+            str(u.pending),
+        ]
+        for u in usage
+    ]
+    table(["QUEUE", "USED", "GUARANTEED", "BORROWED", "SHARE / FAIR", "RUNNING", "PENDING"], rows)
+
+
 GuaranteedOpt = Annotated[str | None, typer.Option(help=f"Guaranteed quota: {AMOUNTS_FORM}.")]
 BorrowOpt = Annotated[str | None, typer.Option(help=f"Borrowing limit beyond guaranteed: {AMOUNTS_FORM}.")]
 PlacementOpt = Annotated[

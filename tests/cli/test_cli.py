@@ -269,6 +269,8 @@ def test_arena_spellings_prune_top_watch_and_completion(server: Server) -> None:
     assert server.run("get", "arena").returncode == 0
     assert "deleted default/arena" in server.run("prune", "--since", "0s").stdout
     assert server.run("get", "arena").returncode == 1
+    usage = server.run("queue", "usage")
+    assert usage.returncode == 0 and "default" in usage.stdout and "SHARE / FAIR" in usage.stdout
     script = server.run("completion", "bash").stdout
     assert "_TESSERA_COMPLETE=complete_bash" in script and "complete -o default -F" in script
     env = {"COMP_WORDS": "tessera ser", "COMP_CWORD": "1", "_TESSERA_COMPLETE": "complete_bash"}

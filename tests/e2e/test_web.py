@@ -112,6 +112,13 @@ def test_sign_in_submit_watch_logs_cancel_and_the_gpu_map(page: Any, cluster: Lo
     assert page.locator("#gpu-map [data-gpu]").count() == 2
     shot(page, "overview")
 
+    # the queue holds both jobs' slices, as the scheduler counts them
+    page.click("[data-nav=queues]")
+    used = page.locator("tr[data-queue=default] .used")
+    expect(used).not_to_have_text("0 GPU · 0 CPU · 0 MiB")
+    expect(page.locator("tr[data-queue=default] .share")).to_contain_text("/ 100%")
+    shot(page, "queues")
+
     # the form job finishes with its whole output
     page.goto(cluster.url + "/#/jobs")
     page.wait_for_selector("tr[data-job=web-burn] .state:has-text('SUCCEEDED')", timeout=60_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from tessera.api.queues import CreateQueueRequest, Queue, UpdateQueueRequest
+from tessera.api.queues import CreateQueueRequest, Queue, QueueUsage, UpdateQueueRequest
 from tessera.platform.auth import AdminPrincipal, UserPrincipal
 from tessera.platform.deps import DbDep
 from tessera.platform.services import queues as service
@@ -21,6 +21,14 @@ async def create_queue(req: CreateQueueRequest, db: DbDep, _: AdminPrincipal) ->
 @router.get("", response_model=list[Queue])
 async def list_queues(db: DbDep, _: UserPrincipal) -> list[Queue]:
     return await run_in_threadpool(service.list_queues, db)
+
+
+@router.get("/usage", response_model=list[QueueUsage])
+async def queue_usage(db: DbDep, _: UserPrincipal) -> list[QueueUsage]:
+    """Every queue's usage against its quota, with dominant and fair shares (as the scheduler counts)."""
+    from tessera.platform.services.queueusage import queue_usage as usage
+
+    return await run_in_threadpool(usage, db)
 
 
 @router.get("/{name}", response_model=Queue)

@@ -1,8 +1,8 @@
-// Queues: the tree with quota, borrowing limit, weight and policies; live job counts per queue.
+// Queues: the tree with quota, usage, borrowed, dominant and fair share, weight and policies.
 
 import { get, reportable } from "../api.js";
-import { badge, h, messageRow, put, table, tableWrap } from "../dom.js";
-import { amounts, LIVE_STATES, num } from "../format.js";
+import { h, messageRow, put, table, tableWrap } from "../dom.js";
+import { amounts, num } from "../format.js";
 import { poll } from "../poll.js";
 
 export const title = "Queues";
@@ -31,28 +31,23 @@ export function mount(root) {
   const error = h("p", { class: "banner error", role: "alert", hidden: true });
   const { table: tbl, tbody } = table(
     "queues-table",
-    ["Name", "Parent", "Guaranteed", "Borrowing limit", "Weight", "Running", "Pending", "Placement", "Enforcement"],
+    ["Name", "Parent", "Used", "Guaranteed", "Borrowed", "Borrowing limit", "Weight", "Share / fair share", "Running", "Pending"],
     "Queues",
   );
-  tbody.append(messageRow(9, "Loading…"));
+  tbody.append(messageRow(10, "Loading…"));
   put(
     root,
     h("h1", {}, "Queues"),
-    h("p", { class: "muted" }, "Quota is in GPU-equivalents (a slice counts as the larger of its memory and compute shares), CPU cores and memory. Running and pending count live jobs."),
+    h("p", { class: "muted" }, "Quota is in GPU-equivalents (a slice counts as the larger of its memory and compute shares), CPU cores and memory. Used and borrowed are what the scheduler charges; share is the dominant share of the cluster, against the queue's fair share among active siblings."),
     error,
     tableWrap(tbl, "Queues table"),
   );
 
   const poller = poll(async () => {
     try {
-      const [queues, page] = await Promise.all([get("/queues"), get("/jobs", { state: LIVE_STATES, limit: 500 })]);
-      const running = new Map();
-      const pending = new Map();
-      for (const job of page.items) {
-        const target = job.status.state === "PENDING" ? pending : running;
-        target.set(job.queue, (target.get(job.queue) || 0) + 1);
-      }
-      const more = page.continue ? "+" : "";
+      const [queues, usages] = await Promise.all([get("/queues"), get("/queues/usage")]);
+      const usage = new Map(usages.map((u) => [u.queue, u]));
+      const pct = (x) => `${Math.round(x * 100)}%`;
       const rows = treeOrder(queues).map(({ queue: q, depth }) =>
         h(
           "tr",
@@ -63,24 +58,29 @@ export function mount(root) {
             depth ? h("span", { class: "tree-mark", "aria-hidden": "true" }, "└ ") : null,
             h("strong", {}, q.name),
             q.spec.description ? h("div", { class: "muted small" }, q.spec.description) : null,
+            h(
+              "div",
+              { class: "muted small nowrap" },
+              `placement ${q.spec.placement || "inherited"} · memory ${q.spec.enforcement?.memory || "inherited"}`,
+              ` · compute ${q.spec.enforcement?.compute || "inherited"}`,
+            ),
           ),
           h("td", {}, q.spec.parent || "–"),
+          h("td", { class: "nowrap used" }, usage.has(q.name) ? amounts(usage.get(q.name).used) : "–"),
           h("td", { class: "nowrap" }, amounts(q.spec.guaranteed)),
+          h("td", { class: "nowrap borrowed" }, usage.has(q.name) ? amounts(usage.get(q.name).borrowed) : "–"),
           h("td", { class: "nowrap" }, amounts(q.spec.borrowing_limit)),
           h("td", {}, num(q.spec.weight, 2)),
-          h("td", { class: "num" }, `${running.get(q.name) || 0}${more}`),
-          h("td", { class: "num" }, `${pending.get(q.name) || 0}${more}`),
-          h("td", {}, q.spec.placement || "inherited"),
           h(
             "td",
-            { class: "nowrap" },
-            badge(`memory ${q.spec.enforcement?.memory || "inherited"}`, "plain"),
-            " ",
-            badge(`compute ${q.spec.enforcement?.compute || "inherited"}`, "plain"),
+            { class: "nowrap share" },
+            usage.has(q.name) ? `${pct(usage.get(q.name).dominant_share)} / ${pct(usage.get(q.name).fair_share)}` : "–",
           ),
+          h("td", { class: "num" }, String(usage.get(q.name)?.running ?? 0)),
+          h("td", { class: "num" }, String(usage.get(q.name)?.pending ?? 0)),
         ),
       );
-      put(tbody, ...(rows.length ? rows : [messageRow(9, "No queues.")]));
+      put(tbody, ...(rows.length ? rows : [messageRow(10, "No queues.")]));
       error.hidden = true;
     } catch (err) {
       if (!reportable(err)) return;
