@@ -212,6 +212,9 @@ class JobSpec(Model):
     )
     elastic: ElasticSpec | None = Field(default=None, description="Set for kind elastic, only then.")
     data: list[DataMount] = Field(default_factory=list, max_length=16, description="Datasets it reads.")
+    node_selector: Labels = Field(
+        default_factory=dict, description="Run only on nodes with all of these labels (Arena's --selector)."
+    )
     labels: Labels = Field(default_factory=dict)
 
     @model_validator(mode="after")

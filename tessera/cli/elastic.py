@@ -77,6 +77,10 @@ def submit_elastic(
     ] = None,
     preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
+    selector: Annotated[
+        list[str] | None,
+        typer.Option("--selector", help="KEY=VALUE: run only on nodes with this label (repeatable)."),
+    ] = None,
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
     workdir: Annotated[
         str | None, typer.Option(help="Working directory (script entries resolve here).")
@@ -138,6 +142,7 @@ def submit_elastic(
         "preemptible": preemptible,
         "retry": {"max_retries": retries},
         "labels": _pairs(label or [], "--label"),
+        "node_selector": _pairs(selector or [], "--selector"),
     }
     what = f"elastic job ({min_workers}..{top} workers)"
     send_job(body, name, queue, priority, deadline, idempotency_key, output, what)

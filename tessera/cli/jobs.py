@@ -104,6 +104,10 @@ def submit_train(
     ] = None,
     preemptible: Annotated[bool, typer.Option(help="May be evicted for higher-priority work.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable).")] = None,
+    selector: Annotated[
+        list[str] | None,
+        typer.Option("--selector", help="KEY=VALUE: run only on nodes with this label (repeatable)."),
+    ] = None,
     label: Annotated[list[str] | None, typer.Option("-l", "--label", help="KEY=VALUE.")] = None,
     deadline: Annotated[
         str | None, typer.Option(help="Fail if not done within, e.g. 90s, 30m, 2h, 1d.")
@@ -171,6 +175,7 @@ def submit_train(
         "preemptible": preemptible,
         "retry": {"max_retries": retries},
         "labels": _pairs(label or [], "--label"),
+        "node_selector": _pairs(selector or [], "--selector"),
     }
     body["expected_runtime"] = _duration(expected_runtime, "--expected-runtime")
     send_job(body, name, queue, priority, deadline, idempotency_key, output, "job")

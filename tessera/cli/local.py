@@ -27,6 +27,10 @@ def node(
     ] = None,
     listen_host: Annotated[str, typer.Option(help="Address for the log server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Log server port (0: any free).")] = 0,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="KEY=VALUE node label, for node selectors (repeatable)."),
+    ] = None,
     grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL.")] = 10,
     heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats.")] = 5,
     enforce_poll: Annotated[
@@ -93,6 +97,7 @@ def node(
             poll_seconds=enforce_poll, memory_grace_seconds=memory_grace, unattributed=unattributed
         ),
         cache_capacity_bytes=capacity,
+        labels=_labels(label or []),
     )
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,6 +109,16 @@ def node(
     finally:
         if device is not None:
             device.close()
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = val
+    return labels
 
 
 def down(

@@ -231,8 +231,13 @@ class _Cycle:
         code = QUOTA_EXCEEDED if attempt.quota else UNSCHEDULABLE
         code, why = self._unless_never(job, gang, signature, code, attempt.why)
         if job.data_nodes is not None and code == UNSCHEDULABLE:
-            where = ", ".join(sorted(job.data_nodes)) or "none yet (tessera data load NAME)"
-            why += f"; it runs only on nodes holding all of its required data: {where}"
+            if job.selector:
+                labels = ",".join(f"{k}={v}" for k, v in job.selector)
+                where = ", ".join(sorted(job.data_nodes)) or "none"
+                why += f"; its node selector {labels} (and any required data) allows only: {where}"
+            else:
+                where = ", ".join(sorted(job.data_nodes)) or "none yet (tessera data load NAME)"
+                why += f"; it runs only on nodes holding all of its required data: {where}"
         if code == UNSCHEDULABLE:
             self._failed[key] = why
             if job.preempting:

@@ -156,6 +156,8 @@ class PendingJob:
     locality: tuple[tuple[str, float], ...] = ()
     # Required data locality: only these nodes (those holding all of it) may run it; None: any.
     data_nodes: frozenset[str] | None = None
+    # its node selector (label=value pairs); the nodes matching it are folded into data_nodes
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def gang_size(self) -> int:

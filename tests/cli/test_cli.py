@@ -249,13 +249,14 @@ def test_submit_pytorchjob_is_a_gang_of_kind_pytorchjob(server: Server) -> None:
 def test_arena_spellings_prune_top_watch_and_completion(server: Server) -> None:
     r = server.run(
         "submit", "train", "--name", "arena", "-p", "high", "--gpumemory", "8", "--gpucore", "30",
-        "--retry", "2", "--project", "default", "-o", "json", "--", "python", "-c", "pass",
+        "--retry", "2", "--project", "default", "--selector", "zone=b", "-o", "json", "--", "python", "-c",
+        "pass",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     spec = json.loads(r.stdout)["spec"]
     resources = spec["groups"][0]["resources"]
     assert (spec["priority"], resources["gpu_memory"], resources["gpu_compute"]) == (1000, 8192, 30)
-    assert spec["retry"]["max_retries"] == 2
+    assert spec["retry"]["max_retries"] == 2 and spec["node_selector"] == {"zone": "b"}
     both = server.run("submit", "train", "--gpumemory", "8", "--gpu-memory", "8Gi", "--", "true")
     assert both.returncode == 2 and "not both" in both.stderr
     assert server.run("cancel", "arena").returncode == 0

@@ -138,9 +138,11 @@ class ClusterView:
                 job = derived.pending
                 if derived.claim_until is not None and now < derived.claim_until:
                     job = dataclasses.replace(job, preempting=True)
-                mounts = self.jobs[job.job_id].spec.data
-                if mounts:
-                    job = self._with_data(job, mounts)
+                spec = self.jobs[job.job_id].spec
+                if spec.data:
+                    job = self._with_data(job, spec.data)
+                if spec.node_selector:
+                    job = self._with_selector(job, spec.node_selector)
                 pending.append(job)
             elif derived.running is not None:
                 running.append(derived.running)
@@ -177,6 +179,16 @@ class ClusterView:
         locality = tuple(sorted((n, b / total) for n, b in held.items() if b)) if total else ()
         only = frozenset(set.intersection(*required)) if required else None
         return dataclasses.replace(job, locality=locality, data_nodes=only)
+
+    def _with_selector(self, job: model.PendingJob, selector: dict[str, str]) -> model.PendingJob:
+        """Only the nodes whose labels match the selector may run the job."""
+        allowed = frozenset(
+            name
+            for name, node in self.nodes.items()
+            if all(node.labels.get(k) == v for k, v in selector.items())
+        )
+        only = allowed if job.data_nodes is None else job.data_nodes & allowed
+        return dataclasses.replace(job, data_nodes=only, selector=tuple(sorted(selector.items())))
 
     def _node_state(self, node: Node) -> model.NodeState:
         gpu_memory: dict[str, int] = defaultdict(int)
