@@ -238,7 +238,9 @@ def list_jobs(
     queue: Annotated[str | None, typer.Option("-q", "--queue")] = None,
     state: Annotated[list[JobState] | None, typer.Option("--state", case_sensitive=False)] = None,
     search: Annotated[str | None, typer.Option("--search", help="Name contains.")] = None,
-    all_: Annotated[bool, typer.Option("--all", "-A", help="Every page, not only the first.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", "-A", help="Every project you can see, every page (not only the first).")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     output: OutputOpt = Format.TABLE,
 ) -> None:

@@ -171,3 +171,28 @@ def test_every_page_renders_on_a_phone(browser: Any, cluster: LocalCluster) -> N
         shot(page, "phone-overview")
     finally:
         context.close()
+
+
+def test_the_keyboard_alone_reaches_every_page(page: Any, cluster: LocalCluster) -> None:
+    sign_in(page, cluster)
+    page.wait_for_selector("#gpu-map")
+    for target in ("jobs", "submit", "services"):
+        page.locator("body").focus()
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        for _ in range(40):  # Tab through the header until the nav link has the focus
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement?.dataset?.nav") == target:
+                break
+        else:
+            raise AssertionError(f"Tab never reached the {target} link")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(f"#/{target}"))
+    # the submit form is filled and sent from the keyboard too
+    page.goto(cluster.url + "/#/submit")
+    page.locator("#submit-form [name=name]").focus()
+    page.keyboard.type("typed")
+    page.locator("#submit-form [name=command]").focus()
+    page.keyboard.type("python -c pass")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"#/jobs/"))
+    assert cluster.job("typed")["spec"]["groups"][0]["command"] == ["python", "-c", "pass"]
