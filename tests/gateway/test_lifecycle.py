@@ -23,7 +23,8 @@ AUTH = {"Authorization": "Bearer svc-token"}
 def _refused(url: str) -> bool:
     try:
         httpx.get(f"{url}/healthz", timeout=5)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        # refused; or accepted into the backlog just as the listener closed, then reset
         return True
     return False
 
