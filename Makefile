@@ -8,7 +8,7 @@ PYTEST_WORKERS ?= auto
 # no NVIDIA GPU here: `make up` offers simulated ones (labelled simulated everywhere)
 SIMULATE_GPUS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo 2xA100-80GB)
 
-.PHONY: up test lint bench install test-deps clean
+.PHONY: up test lint bench install test-deps clean k8s-testenv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-deps:
 
 test: install $(TRAIN_STAMP) test-deps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+# the Kubernetes test control plane's programs, built once per machine into ~/.cache (issue 11)
+k8s-testenv:
+	scripts/k8s-testenv install
 
 lint: install
 	$(BIN)/ruff check .
