@@ -14,6 +14,7 @@ import typer
 if TYPE_CHECKING:
     from tessera.node.shim import ShimState
 
+from tessera.cli.jobs import _pairs
 from tessera.cli.output import fail, out
 
 
@@ -97,7 +98,7 @@ def node(
             poll_seconds=enforce_poll, memory_grace_seconds=memory_grace, unattributed=unattributed
         ),
         cache_capacity_bytes=capacity,
-        labels=_labels(label or []),
+        labels=_pairs(label or [], "--label"),
     )
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,16 +110,6 @@ def node(
     finally:
         if device is not None:
             device.close()
-
-
-def _labels(values: list[str]) -> dict[str, str]:
-    labels = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--label")
-        labels[key] = val
-    return labels
 
 
 def down(

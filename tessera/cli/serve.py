@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tessera.api.quantities import QuantityError, format_mib, parse_duration
+from tessera.api.quantities import format_mib
 from tessera.api.serving import ReplicaState, Service
-from tessera.cli.jobs import OutputOpt, _pairs
+from tessera.cli.jobs import OutputOpt, _duration, _gib, _pairs
 from tessera.cli.output import Format, age, dump, fail, out, server_errors, table
 from tessera.client import Client
 
@@ -35,14 +35,10 @@ def _resources(
     cpu: str | None,
     memory: str | None,
 ) -> dict[str, Any]:
-    if gpu_memory is not None and gpumemory is not None:
-        raise typer.BadParameter(
-            "give --gpu-memory or Arena's --gpumemory, not both", param_hint="--gpumemory"
-        )
     resources: dict[str, Any] = {}
     for key, value in (
         ("gpus", gpus),
-        ("gpu_memory", gpu_memory if gpumemory is None else f"{gpumemory}Gi"),
+        ("gpu_memory", _gib(gpu_memory, gpumemory)),
         ("gpu_compute", gpu_compute),
         ("cpu", cpu),
         ("memory", memory),
@@ -50,15 +46,6 @@ def _resources(
         if value is not None:
             resources[key] = value
     return resources
-
-
-def _duration(value: str | None, flag: str) -> str | None:
-    if value is not None:
-        try:
-            parse_duration(value)
-        except QuantityError as exc:
-            raise typer.BadParameter(str(exc), param_hint=flag) from None
-    return value
 
 
 @serve_app.command("custom", context_settings={"allow_interspersed_args": False})

@@ -21,7 +21,7 @@ from tessera.api.common import Page
 from tessera.api.events import Event
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
 from tessera.api.serving import Service
-from tessera.client.client import API, RETRIABLE, ApiError, Unreachable, _problem, new_idempotency_key
+from tessera.client.client import API, ApiError, Unreachable, _problem, backoff, retry_after, submission
 from tessera.client.config import ClientConfig, resolve
 
 M = TypeVar("M", bound=BaseModel)
@@ -68,17 +68,15 @@ class AsyncClient:
         self, req: SubmitJobRequest | dict[str, Any], idempotency_key: str | None = None, retries: int = 3
     ) -> Job:
         """Submit with one idempotency key on every try (see ``Client.submit_job``)."""
-        body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        body, headers = submission(req, idempotency_key)
         for attempt in range(retries + 1):
             try:
                 response = await self.request("POST", f"{API}/jobs", json=body, headers=headers)
                 return Job.model_validate(response.json())
             except (Unreachable, ApiError) as exc:
-                retriable = isinstance(exc, Unreachable) or exc.status in RETRIABLE
-                if not retriable or attempt == retries:
+                if not retry_after(exc, attempt, retries):
                     raise
-                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+                await asyncio.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
     async def get_job(self, ref: str, project: str = "default") -> Job:

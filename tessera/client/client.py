@@ -100,17 +100,15 @@ class Client:
         """Submit, idempotently: one key (``idempotency_key``, else a new one) is sent on every try, so
         a retry after a lost answer or a restart returns the first job instead of a second. A dict
         is sent as is, so the server does (and explains) all validation."""
-        body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        body, headers = submission(req, idempotency_key)
         for attempt in range(retries + 1):
             try:
                 response = self.request("POST", f"{API}/jobs", json=body, headers=headers)
                 return Job.model_validate(response.json())
             except (Unreachable, ApiError) as exc:
-                retriable = isinstance(exc, Unreachable) or exc.status in RETRIABLE
-                if not retriable or attempt == retries:
+                if not retry_after(exc, attempt, retries):
                     raise
-                time.sleep(min(0.2 * 2**attempt, 2.0))
+                time.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
     def wait(
@@ -359,6 +357,22 @@ def _problem(response: httpx.Response) -> Problem:
         return Problem(
             title=response.reason_phrase or "Error", status=response.status_code, detail=response.text[:500]
         )
+
+
+def submission(req: SubmitJobRequest | dict[str, Any], key: str | None) -> tuple[Any, dict[str, str]]:
+    """The body and headers of a submit: one idempotency key for every try."""
+    body = req.model_dump(mode="json", exclude_unset=True) if isinstance(req, BaseModel) else req
+    return body, {"Idempotency-Key": key or new_idempotency_key()}
+
+
+def retry_after(exc: Exception, attempt: int, retries: int) -> bool:
+    """Whether a failed submit is worth another try (the same key makes it safe)."""
+    retriable = isinstance(exc, Unreachable) or (isinstance(exc, ApiError) and exc.status in RETRIABLE)
+    return retriable and attempt < retries
+
+
+def backoff(attempt: int) -> float:
+    return min(0.2 * 2**attempt, 2.0)
 
 
 def new_idempotency_key() -> str:

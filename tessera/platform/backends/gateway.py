@@ -16,15 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
 from tessera.api.identity import Scope
 from tessera.node.procs import is_alive, proc_start_time
-from tessera.platform.auth import authenticate, hash_secret, new_secret
-from tessera.platform.problems import Unauthorized
+from tessera.platform.auth import hash_secret
+from tessera.platform.backends.local import ensure_token_file
 from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import TokenRow, UserRow
 
 GATEWAY_USER = "gateway"
 
@@ -35,35 +32,9 @@ def gateway_dir(settings: Settings) -> Path:
 
 def ensure_gateway_token(db: Database, settings: Settings) -> Path:
     """A gateway-scope token, kept in ``<home>/gateway/token`` (0600)."""
-    path = gateway_dir(settings) / "token"
-    if path.exists():
-        try:
-            authenticate(db, path.read_text().strip())
-            return path
-        except Unauthorized:
-            pass
-    with db.write() as tx:
-        user = tx.session.execute(select(UserRow).where(UserRow.name == GATEWAY_USER)).scalar_one_or_none()
-        if user is None:
-            user = UserRow(name=GATEWAY_USER)
-            tx.session.add(user)
-            tx.session.flush()
-        secret = new_secret()
-        tx.session.add(
-            TokenRow(
-                name="gateway-local",
-                user_id=user.id,
-                secret_hash=hash_secret(secret),
-                prefix=secret[:10],
-                scopes=[Scope.GATEWAY.value],
-                revision=tx.revision,
-            )
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-    return path
+    return ensure_token_file(
+        db, gateway_dir(settings) / "token", GATEWAY_USER, "gateway-local", Scope.GATEWAY
+    )
 
 
 def _facts(url: str, token_file: Path, port: int) -> dict[str, object]:

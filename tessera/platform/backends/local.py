@@ -63,7 +63,13 @@ def agent_pid(settings: Settings) -> int | None:
 
 def ensure_node_token(db: Database, settings: Settings) -> Path:
     """A node-scope token for the local agent, kept in ``<home>/node/token`` (0600)."""
-    path = agent_dir(settings) / "token"
+    return ensure_token_file(
+        db, agent_dir(settings) / "token", AGENT_USER, f"agent-{node_name(settings)}", Scope.NODE
+    )
+
+
+def ensure_token_file(db: Database, path: Path, user_name: str, token_name: str, scope: Scope) -> Path:
+    """A token of ``scope`` for a local service user, kept in ``path`` (0600); reused while valid."""
     if path.exists():
         try:
             authenticate(db, path.read_text().strip())
@@ -71,19 +77,19 @@ def ensure_node_token(db: Database, settings: Settings) -> Path:
         except Unauthorized:
             pass
     with db.write() as tx:
-        user = tx.session.execute(select(UserRow).where(UserRow.name == AGENT_USER)).scalar_one_or_none()
+        user = tx.session.execute(select(UserRow).where(UserRow.name == user_name)).scalar_one_or_none()
         if user is None:
-            user = UserRow(name=AGENT_USER)
+            user = UserRow(name=user_name)
             tx.session.add(user)
             tx.session.flush()
         secret = new_secret()
         tx.session.add(
             TokenRow(
-                name=f"agent-{node_name(settings)}",
+                name=token_name,
                 user_id=user.id,
                 secret_hash=hash_secret(secret),
                 prefix=secret[:10],
-                scopes=[Scope.NODE.value],
+                scopes=[scope.value],
                 revision=tx.revision,
             )
         )

@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session
 
 from tessera.api.events import EventType
 from tessera.api.jobs import JobState, JobStatus
-from tessera.api.serving import LIVE_REPLICA_STATES, GatewayReport, ReplicaState, RouteTable, ServiceSpec
+from tessera.api.serving import GatewayReport, ReplicaState, RouteTable, ServiceSpec
 from tessera.platform.controllers.kpa import ConcurrencyWindow, Decision, ScaleState, decide
 from tessera.platform.services.common import emit, put
 from tessera.platform.services.replicas import (
+    LIVE,
+    RUNNING,
     finish_drains,
     follow_workloads,
     mark_ready,
@@ -33,10 +35,6 @@ from tessera.platform.store.rows import JobRow, ProjectRow, ReplicaRow, ServiceR
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = timedelta(seconds=60)
-_LIVE = frozenset(s.value for s in LIVE_REPLICA_STATES)
-_RUNNING = frozenset(
-    s.value for s in (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.RECOVERING)
-)
 _EMPTY = ConcurrencyWindow(HORIZON_S)
 
 
@@ -51,7 +49,7 @@ def _workload_moved(replica: ReplicaRow, job: JobRow | None) -> bool:
         return replica.state in (ReplicaState.STARTING.value, ReplicaState.READY.value) or bool(
             replica.endpoint
         )
-    if job.state in _RUNNING:
+    if job.state in RUNNING:
         master = JobStatus.model_validate(job.status).master
         return master is not None and replica.endpoint != f"{master.address}:{master.port}"
     return False
@@ -76,7 +74,7 @@ class ServingLoop:
         ).all():
             if phase == ReplicaState.READY.value:
                 ready[number] = ready.get(number, 0) + 1
-            if phase in _LIVE:
+            if phase in LIVE:
                 live[number] = live.get(number, 0) + 1
         revs = list(
             session.execute(
@@ -129,16 +127,15 @@ class ServingLoop:
 
     def _must_write(self, session: Session, service: ServiceRow, decisions: dict[int, Decision]) -> bool:
         live: dict[int, int] = {}
+        spec = ServiceSpec.model_validate(service.spec)
         replicas = session.execute(select(ReplicaRow).where(ReplicaRow.service_id == service.id)).scalars()
         for replica in replicas:
             if replica.state == ReplicaState.TERMINATING.value:
                 return True  # a drain to finish (cheap: drains are short)
-            if replica.state in _LIVE:
+            if replica.state in LIVE:
                 live[replica.revision_number] = live.get(replica.revision_number, 0) + 1
                 job = session.get(JobRow, replica.job_id) if replica.job_id else None
-                if _workload_moved(replica, job) or startup_overdue(
-                    replica, ServiceSpec.model_validate(service.spec)
-                ):
+                if _workload_moved(replica, job) or startup_overdue(replica, spec):
                     return True
         revs = session.execute(
             select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service.id)

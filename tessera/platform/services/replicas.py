@@ -34,11 +34,10 @@ from tessera.api.serving import (
 from tessera.jobs import pending
 from tessera.platform.services.common import emit, put
 from tessera.platform.services.jobs import apply_transition, render_job
-from tessera.platform.services.serving import render_replica, render_revision
+from tessera.platform.services.serving import project_of, render_replica, render_revision
 from tessera.platform.store.db import Tx
 from tessera.platform.store.rows import (
     JobRow,
-    ProjectRow,
     QueueRow,
     ReplicaRow,
     ServiceRevisionRow,
@@ -50,19 +49,14 @@ from tessera.platform.store.types import utcnow
 REPLICA_GROUP = "replica"
 BACKOFF_MAX_S = 60
 KEEP_ENDED = 20  # ended replicas kept per service (their logs stay reachable through their workloads)
-_LIVE = frozenset(s.value for s in LIVE_REPLICA_STATES)
-_RUNNING = frozenset(
+LIVE = frozenset(s.value for s in LIVE_REPLICA_STATES)
+RUNNING = frozenset(
     s.value for s in (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.RECOVERING)
 )
 
 
-def _project(session: Session, service: ServiceRow) -> str:
-    project = session.get(ProjectRow, service.project_id)
-    return project.name if project else "?"
-
-
 def _put_replica(tx: Tx, row: ReplicaRow, service: ServiceRow) -> None:
-    put(tx, "replica", row, lambda r: render_replica(r, service.name, _project(tx.session, service)))
+    put(tx, "replica", row, lambda r: render_replica(r, service.name, project_of(tx.session, service)))
 
 
 def _event(tx: Tx, service: ServiceRow, reason: str, message: str, warning: bool = False) -> None:
@@ -73,7 +67,7 @@ def _event(tx: Tx, service: ServiceRow, reason: str, message: str, warning: bool
         kind="service",
         object_id=service.id,
         object_name=service.name,
-        project=_project(tx.session, service),
+        project=project_of(tx.session, service),
         reason=reason,
         message=message,
         type=EventType.WARNING if warning else EventType.NORMAL,
@@ -109,7 +103,7 @@ def start_replica(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow) -> Repli
     if spec.version:
         env.setdefault("VERSION", spec.version)
     name = f"{service.name}-r{rev.number}-{secrets.token_hex(3)[:5]}"
-    project = _project(session, service)
+    project = project_of(session, service)
     job_spec = JobSpec(
         name=name,
         project=project,
@@ -174,10 +168,11 @@ def _stop_workload(tx: Tx, replica: ReplicaRow, message: str) -> None:
 def follow_workloads(tx: Tx, service: ServiceRow) -> None:
     """Each live or draining replica's state from its workload's."""
     session = tx.session
+    spec = ServiceSpec.model_validate(service.spec)
     rows = session.execute(
         select(ReplicaRow).where(
             ReplicaRow.service_id == service.id,
-            ReplicaRow.state.in_([*_LIVE, ReplicaState.TERMINATING.value]),
+            ReplicaRow.state.in_([*LIVE, ReplicaState.TERMINATING.value]),
         )
     ).scalars()
     for replica in rows:
@@ -209,7 +204,7 @@ def follow_workloads(tx: Tx, service: ServiceRow) -> None:
             replica.endpoint = replica.node = None
             reason = status.pending_reason
             replica.message = reason.message if reason else "waiting for a slice"
-        elif job.state in _RUNNING and status.master is not None:
+        elif job.state in RUNNING and status.master is not None:
             endpoint = f"{status.master.address}:{status.master.port}"
             if replica.endpoint != endpoint:  # placed (again): ready once the probe says so
                 replica.endpoint, replica.node = endpoint, status.master.node
@@ -218,8 +213,7 @@ def follow_workloads(tx: Tx, service: ServiceRow) -> None:
                     replica.state = ReplicaState.STARTING.value
                     replica.started_at = utcnow()
                     replica.message = f"starting on {status.master.node}; waiting for its readiness probe"
-        if startup_overdue(replica, ServiceSpec.model_validate(service.spec)):
-            spec = ServiceSpec.model_validate(service.spec)
+        if startup_overdue(replica, spec):
             why = (
                 f"not ready {spec.startup_timeout.total_seconds():g}s after it started: does it answer "
                 f"{spec.readiness_path} with 2xx once loaded?"
@@ -265,7 +259,10 @@ def mark_ready(tx: Tx, replica: ReplicaRow, ready: bool) -> None:
         if rev is not None:
             rev.cold_start_s = round(cold, 3)
             put(
-                tx, "revision", rev, lambda r: render_revision(r, service.name, _project(tx.session, service))
+                tx,
+                "revision",
+                rev,
+                lambda r: render_revision(r, service.name, project_of(tx.session, service)),
             )
         _event(
             tx,
@@ -292,7 +289,7 @@ def scale_revision(tx: Tx, service: ServiceRow, rev: ServiceRevisionRow, desired
             select(ReplicaRow).where(
                 ReplicaRow.service_id == service.id,
                 ReplicaRow.revision_number == rev.number,
-                ReplicaRow.state.in_(_LIVE),
+                ReplicaRow.state.in_(LIVE),
             )
         ).scalars()
     )
@@ -429,7 +426,7 @@ def route_table(session: Session, revision: int) -> RouteTable:
             Route(
                 service_id=service.id,
                 name=service.name,
-                project=_project(session, service),
+                project=project_of(session, service),
                 public=spec.public,
                 token_sha256=None if spec.public else service.token_hash,
                 readiness_path=spec.readiness_path,

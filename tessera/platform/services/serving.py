@@ -288,6 +288,14 @@ def find_service(session: Session, caller: Principal, name: str) -> ServiceRow:
     raise NotFound(f"no service named {name!r} (that you can see)", field="name")
 
 
+def _editable(tx: Tx, caller: Principal, name: str) -> tuple[ServiceRow, ProjectRow | None]:
+    """A service the caller may change (a member of its project), and its project."""
+    row = find_service(tx.session, caller, name)
+    project = tx.session.get(ProjectRow, row.project_id)
+    caller.require(project.name if project else "?", Role.MEMBER)
+    return row, project
+
+
 def list_services(
     db: Database, caller: Principal, project: str | None, gateway_url: str | None = None
 ) -> list[Service]:
@@ -367,9 +375,7 @@ def update_service(db: Database, caller: Principal, name: str, update: ServiceUp
         raise Invalid("nothing to update: give at least one field to change", field="body")
     token = None
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         latest = ServiceSpec.model_validate(row.spec)
         fields = update_fields(update)
         if update.env is not None:
@@ -420,9 +426,7 @@ def update_fields(update: ServiceUpdate) -> dict[str, object]:
 
 def set_traffic(db: Database, caller: Principal, name: str, split: TrafficSplit) -> Service:
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         numbers = {r.number for r in _revisions(tx.session, row.id)}
         for i, target in enumerate(split.targets):
             if target.revision not in numbers:
@@ -437,9 +441,7 @@ def set_traffic(db: Database, caller: Principal, name: str, split: TrafficSplit)
 def promote(db: Database, caller: Principal, name: str, revision: int | None = None) -> Service:
     """All traffic to ``revision`` (default the latest)."""
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         status = ServiceStatus.model_validate(row.status)
         target = revision or status.latest_revision
         if target not in {r.number for r in _revisions(tx.session, row.id)}:
@@ -451,15 +453,16 @@ def promote(db: Database, caller: Principal, name: str, revision: int | None = N
 def rollback(db: Database, caller: Principal, name: str, revision: int | None = None) -> Service:
     """All traffic back to ``revision`` (default: the newest revision before the latest)."""
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         status = ServiceStatus.model_validate(row.status)
         numbers = [r.number for r in _revisions(tx.session, row.id)]
         if revision is None:
             older = [n for n in numbers if n < status.latest_revision]
             if not older:
-                raise Invalid(f"service {row.name!r} has only revision {numbers}; nothing to roll back to")
+                raise Invalid(
+                    f"service {row.name!r} has only revision {numbers}; nothing to roll back to",
+                    field="revision",
+                )
             revision = max(older)
         elif revision not in numbers:
             raise Invalid(f"service {row.name!r} has no revision {revision}", field="revision")
@@ -470,9 +473,7 @@ def rollback(db: Database, caller: Principal, name: str, revision: int | None = 
 def rotate_token(db: Database, caller: Principal, name: str) -> ServiceCreated:
     token = new_secret()
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         spec = ServiceSpec.model_validate(row.spec)
         if spec.public:
             raise Invalid(f"service {row.name!r} is public: it has no token", field="public")
@@ -489,9 +490,7 @@ def delete_service(db: Database, caller: Principal, name: str) -> None:
     """Delete a service: its replicas' workloads are cancelled in the same transaction."""
     caller.roles()
     with db.write() as tx:
-        row = find_service(tx.session, caller, name)
-        project = tx.session.get(ProjectRow, row.project_id)
-        caller.require(project.name if project else "?", Role.MEMBER)
+        row, project = _editable(tx, caller, name)
         jobs = tx.session.execute(select(JobRow).where(JobRow.service_id == row.id)).scalars()
         for job in jobs:
             if not JobState(job.state).terminal:

@@ -144,8 +144,3 @@ class Traffic:
             in_flight=round(concurrency, 2),
             held=held,
         )
-
-    def all_metrics(self, now: float | None = None) -> dict[tuple[uuid.UUID, int], RevisionMetrics]:
-        with self._lock:
-            keys = list(self._revisions)
-        return {key: self.metrics(*key, now=now) for key in keys}
