@@ -316,6 +316,9 @@ class Task(Model):
 
 NODE_REASONS = frozenset({TerminalReason.SLICE_OOM, TerminalReason.HOST_OOM})
 """Reasons a node agent may give for ending a task."""
+OBSERVED_REASONS = NODE_REASONS | {TerminalReason.EVICTED, TerminalReason.NODE_LOST}
+"""Reasons the control plane's Kubernetes backend reads off a pod (the kubelet evicted it, the pod
+is gone with its node); never accepted from an agent's report."""
 
 
 class TaskReport(Model):

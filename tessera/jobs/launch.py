@@ -64,8 +64,12 @@ def master_port(job_id: uuid.UUID, attempt: int, taken: Collection[int] = ()) ->
     return MASTER_PORT_BASE + start
 
 
-def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[TaskLaunch]:
-    """Tasks of ``job``'s current attempt placed on ``node`` (empty unless it should run)."""
+def launches_for(
+    job: Job, node: str, master_addr: str = "127.0.0.1", master_host: str | None = None
+) -> list[TaskLaunch]:
+    """Tasks of ``job``'s current attempt placed on ``node`` (empty unless it should run).
+
+    ``master_host`` overrides the bound master's address (on Kubernetes: the job's Service)."""
     if job.status.state not in RUN_STATES:
         return []
     attempt = job.status.attempt
@@ -86,6 +90,8 @@ def launches_for(job: Job, node: str, master_addr: str = "127.0.0.1") -> list[Ta
             local[task_id] = (i, len(ids))
     master = job.status.master
     endpoint = (master.address, master.port) if master else (master_addr, master_port(job.id, attempt))
+    if master_host is not None:
+        endpoint = (master_host, endpoint[1])
     out = []
     for rank, task in enumerate(tasks):
         if task.node != node or task.attempt != attempt:

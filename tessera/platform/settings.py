@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,30 @@ class Settings(BaseSettings):
     start_agent: bool = Field(
         default=False, description="Start (or reuse) this machine's detached node agent (tessera up)."
     )
+    backend: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="Where tasks run: local (node agents start them) or kubernetes (pods Tessera binds).",
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="Kubernetes: a kubeconfig path; default $KUBECONFIG, else in-cluster."
+    )
+    kube_namespace: str | None = Field(
+        default=None, description="Kubernetes: the namespace job pods go to; default the kubeconfig's."
+    )
+    kube_image: str = Field(
+        default="ghcr.io/tessera-ai/tessera:0.1.0",
+        description="Kubernetes: the image of tasks that name none (--image).",
+    )
+    kube_secondary_scheduler: bool = Field(
+        default=True, description="Kubernetes: schedule other pods that set schedulerName: tessera."
+    )
+    kube_node_token_secret: str | None = Field(
+        default=None, description="Kubernetes: a Secret the control plane fills with the node agents' token."
+    )
+    kube_gateway_token_secret: str | None = Field(
+        default=None, description="Kubernetes: a Secret the control plane fills with the gateways' token."
+    )
+    kube_interval: float = Field(default=0.2, gt=0, le=10, description="Seconds between pod syncs.")
 
     @field_validator("simulate_gpus")
     @classmethod

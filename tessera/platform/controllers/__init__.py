@@ -39,7 +39,12 @@ def start(db: Database, settings: Settings, traffic: Traffic | None = None) -> l
     serving = ServingLoop(db, traffic or Traffic())
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     started = utcnow()
-    return [
+    tasks = []
+    if settings.backend == "kubernetes":
+        from tessera.platform.controllers import kubernetes
+
+        tasks.append(asyncio.create_task(kubernetes.run(db, settings)))
+    return tasks + [
         asyncio.create_task(_loop("scheduler", settings.scheduler_interval, scheduling.step)),
         asyncio.create_task(
             _loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout, watching_since=started))

@@ -40,6 +40,7 @@ async def submit_job(
         idempotency_key,
         settings.checkpoint_root,
         settings.checkpoints is None,
+        settings.backend == "kubernetes",
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Annotated
 
 import httpx
@@ -12,9 +13,10 @@ from fastapi.responses import StreamingResponse
 
 from tessera.api.common import Duration
 from tessera.platform.auth import UserPrincipal
-from tessera.platform.deps import DbDep
+from tessera.platform.deps import DbDep, SettingsDep
 from tessera.platform.problems import ApiError, Unavailable
-from tessera.platform.services.logs import log_target
+from tessera.platform.services.logs import PodLogTarget, log_target
+from tessera.platform.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 
@@ -25,6 +27,7 @@ router = APIRouter(tags=["jobs"])
 async def job_logs(
     ref: str,
     db: DbDep,
+    settings: SettingsDep,
     caller: UserPrincipal,
     project: str = "default",
     group: str | None = None,
@@ -34,7 +37,10 @@ async def job_logs(
     since: Annotated[Duration | None, Query(description="Only output newer than this, e.g. 10m.")] = None,
 ) -> StreamingResponse:
     """A task's output (stdout and stderr together), optionally followed live."""
-    target = await run_in_threadpool(log_target, db, caller, ref, project, group, index)
+    pods = settings.backend == "kubernetes"
+    target = await run_in_threadpool(log_target, db, caller, ref, project, group, index, pods)
+    if isinstance(target, PodLogTarget):
+        return await _pod_logs(settings, target, follow, tail, since)
     params: dict[str, str] = {"follow": str(follow).lower()}
     if tail is not None:
         params["tail"] = str(tail)
@@ -66,5 +72,54 @@ async def job_logs(
         finally:
             await upstream.aclose()
             await client.aclose()
+
+    return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")
+
+
+async def _pod_logs(
+    settings: Settings, target: PodLogTarget, follow: bool, tail: int | None, since: timedelta | None
+) -> StreamingResponse:
+    """A task's pod log through the API server (the kubelet serves it there)."""
+    from tessera.kube.client import Kube, KubeConfig, KubeError
+
+    kube = Kube(KubeConfig.load(settings.kubeconfig))
+    selector = f"tessera.io/task={target.task_id},tessera.io/attempt={target.attempt}"
+    namespace = settings.kube_namespace or kube.namespace
+    try:
+        found = await run_in_threadpool(kube.list, f"/api/v1/namespaces/{namespace}/pods", selector)
+        items = found.get("items") or []
+        if not items:  # a pod others created, which Tessera scheduled (secondary scheduler)
+            items = (await run_in_threadpool(kube.list, "/api/v1/pods", selector)).get("items") or []
+    except KubeError as exc:
+        kube.close()
+        raise Unavailable(f"the Kubernetes API server refused the pod lookup: {exc}") from None
+    if not items:
+        kube.close()
+        error = ApiError(f"the pod of task {target.task_id} (attempt {target.attempt}) is gone")
+        error.status, error.title = 404, "Not Found"
+        raise error
+    meta = items[0]["metadata"]
+    container = items[0]["spec"]["containers"][0]["name"]
+    chunks = kube.pod_logs(
+        meta["namespace"],
+        meta["name"],
+        container,
+        follow=follow,
+        tail_lines=tail,
+        since_seconds=int(since.total_seconds()) if since is not None else None,
+    )
+    try:
+        first = await run_in_threadpool(next, chunks, b"")
+    except KubeError as exc:
+        kube.close()
+        raise Unavailable(f"the pod log API answered {exc}") from None
+
+    def relay() -> Iterator[bytes]:
+        try:
+            if first:
+                yield first
+            yield from chunks
+        finally:
+            kube.close()
 
     return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")

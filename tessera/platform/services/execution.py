@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from tessera.api.cluster import NodeInventory, NodeState
 from tessera.api.jobs import (
-    NODE_REASONS,
+    OBSERVED_REASONS,
     JobSpec,
     JobState,
     JobStatus,
@@ -273,7 +273,7 @@ def _record(tx: Tx, task: TaskRow, report: TaskReport) -> bool:
         task.finished_at, changed = report.finished_at, True
     if report.start_error and task.message != report.start_error:
         task.message, changed = report.start_error, True
-    if report.reason in NODE_REASONS and task.reason != report.reason.value:
+    if report.reason in OBSERVED_REASONS and task.reason != report.reason.value:
         task.reason, changed = report.reason.value, True
         if report.message:
             task.message = report.message
@@ -331,6 +331,16 @@ def _advance(tx: Tx, job: JobRow) -> None:
         # a task its node stopped (SliceOOM) says more than the exit codes its neighbours got after
         first = next((t for t in failed if t.reason), failed[0])
         what = f"task {first.group_name}-{first.index} exited with code {first.exit_code}"
+        if first.reason == TerminalReason.EVICTED.value:
+            # the node took the pod away (pressure, drain): requeue, spending no retry, as preemption
+            apply_transition(
+                tx,
+                job,
+                JobState.PENDING,
+                reason=first.reason,
+                message=f"task {first.group_name}-{first.index}: {first.message or 'evicted'}; requeued",
+            )
+            return
         reason = TerminalReason.ERROR
         if first.reason:
             reason = TerminalReason(first.reason)

@@ -197,6 +197,7 @@ def submit_job(
     idempotency_key: str | None = None,
     checkpoint_root: str | None = None,
     checkpoint_root_is_local: bool = False,
+    images: bool = False,
 ) -> tuple[Job, bool]:
     """Store a new job (PENDING). Returns (job, created); a repeated idempotency
     key returns the first job and creates nothing."""
@@ -211,7 +212,13 @@ def submit_job(
                 if first is not None:
                     return first, False
             return _insert(
-                tx, caller, req, idempotency_key, request_hash, (checkpoint_root, checkpoint_root_is_local)
+                tx,
+                caller,
+                req,
+                idempotency_key,
+                request_hash,
+                (checkpoint_root, checkpoint_root_is_local),
+                images,
             ), True
     except IntegrityError:
         if idempotency_key:
@@ -254,6 +261,7 @@ def _insert(
     key: str | None,
     request_hash: str,
     checkpoints: tuple[str | None, bool] = (None, False),
+    images: bool = False,
 ) -> Job:
     session = tx.session
     project = session.execute(select(ProjectRow).where(ProjectRow.name == req.project)).scalar_one_or_none()
@@ -286,7 +294,7 @@ def _insert(
             field="kind",
         )
     for i, group in enumerate(spec.groups):
-        if group.image is not None:
+        if group.image is not None and not images:
             raise Invalid(
                 "this cluster runs tasks as bare processes on its nodes (local backend), so it cannot "
                 "run images; drop --image, or use a cluster with a container runtime (Kubernetes)",

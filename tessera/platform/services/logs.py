@@ -21,9 +21,23 @@ class LogTarget:
     path: str  # on the agent: /jobs/<job_id>/tasks/<task_id>-a<attempt>/logs
 
 
+@dataclass(frozen=True)
+class PodLogTarget:
+    """On Kubernetes: the task attempt's pod, found by its labels; its log comes from the API server."""
+
+    task_id: str
+    attempt: int
+
+
 def log_target(
-    db: Database, caller: Principal, ref: str, project: str, group: str | None, index: int
-) -> LogTarget:
+    db: Database,
+    caller: Principal,
+    ref: str,
+    project: str,
+    group: str | None,
+    index: int,
+    pods: bool = False,
+) -> LogTarget | PodLogTarget:
     with db.read() as session:
         job = find_job(session, caller, ref, project)
         spec = JobSpec.model_validate(job.spec)
@@ -47,6 +61,8 @@ def log_target(
                 field="index",
             )
         node = session.execute(select(NodeRow).where(NodeRow.name == task.node)).scalar_one_or_none()
+        if pods and (node is None or not node.agent_url):
+            return PodLogTarget(task_id=str(task.id), attempt=task.attempt)
         if node is None or not node.agent_url or not node.agent_secret:
             raise Unavailable(f"node {task.node!r} that ran the task is gone or serves no logs")
         return LogTarget(

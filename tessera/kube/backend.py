@@ -1,0 +1,316 @@
+"""The Kubernetes backend: the control plane runs bound tasks as Pods it binds itself.
+
+Each pass compares what should run (every live job's launches, as a node agent computes them) with
+the pods Tessera owns (an informer's cache), then:
+
+* creates a missing task's pod (after its job's owner ConfigMap and, for multi-task and elastic jobs,
+  a headless Service naming rank 0) and binds it to the chosen node through the Binding API;
+* deletes pods whose task should no longer run (cancelled, preempted, a new attempt);
+* turns pods' statuses into task reports, fed to the same code as node agents' reports;
+* removes the owner object of a deleted job, so the garbage collector removes its pods;
+* keeps GPU nodes registered and alive from their Node objects (nodes.py).
+
+Pods created by others with ``schedulerName: tessera`` are handled by secondary.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from tessera.api.jobs import Job, TaskReport, TaskState
+from tessera.jobs.launch import RUN_STATES, TaskLaunch, launches_for
+from tessera.kube import names, pods
+from tessera.kube.client import Kube, KubeError, Obj, pod_path
+from tessera.kube.informer import Informer
+from tessera.kube.nodes import NodeSync
+from tessera.platform.services.execution import apply_reports
+from tessera.platform.services.jobs import render_job
+from tessera.platform.store.db import Database
+from tessera.platform.store.rows import JobRow
+
+log = logging.getLogger(__name__)
+MANAGED = f"{names.MANAGED_BY}={names.MANAGED_BY_VALUE}"
+CREATE_GRACE_S = 30.0  # a pod created this recently but not yet in the cache is not "vanished"
+
+
+@dataclass(frozen=True)
+class Desired:
+    launch: TaskLaunch
+    node: str
+    job: Job
+    rank0: bool
+
+
+class KubeBackend:
+    """One instance per control plane (leader); ``step()`` is one reconcile pass."""
+
+    def __init__(
+        self,
+        db: Database,
+        kube: Kube,
+        namespace: str,
+        *,
+        image: str,
+        heartbeat_every: float = 10.0,
+        workers: int = 16,
+        delete_grace: int = 10,
+    ) -> None:
+        self.db = db
+        self.kube = kube
+        self.namespace = namespace
+        self.image = image
+        self.delete_grace = delete_grace
+        self.changed = threading.Event()
+        self.pods = Informer(kube, pod_path(namespace), label_selector=MANAGED, changed=self.changed)
+        self.nodes = Informer(kube, "/api/v1/nodes", changed=self.changed)
+        self.node_sync = NodeSync(db, heartbeat_every)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._owners: dict[uuid.UUID, str] = {}  # job -> its owner ConfigMap's uid
+        self._services: set[uuid.UUID] = set()
+        self._created: dict[str, float] = {}  # pod name -> when created (until the cache shows it)
+        self._seen: set[str] = set()  # pod names the cache has shown
+        self._deleting: dict[str, float] = {}
+        self._reported: dict[str, tuple[str, int | None, str | None]] = {}
+        self._failed_start: dict[str, TaskReport] = {}
+        self._last_gc = 0.0
+
+    def start(self) -> KubeBackend:
+        self.pods.start()
+        self.nodes.start()
+        return self
+
+    def stop(self) -> None:
+        self.pods.stop()
+        self.nodes.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # the pass -----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        if not (self.pods.synced.is_set() and self.nodes.synced.is_set()):
+            return
+        self.changed.clear()
+        self.node_sync.sync(self.nodes.snapshot())
+        desired, live_jobs = self._desired()
+        existing = {p["metadata"]["name"]: p for p in self.pods.snapshot()}
+        self._seen.update(existing)
+        self._create_missing(desired, existing)
+        self._delete_unwanted(desired, existing)
+        self._report(desired, existing)
+        self._seen &= set(desired) | set(existing)
+        if time.monotonic() - self._last_gc > 5.0:
+            self._last_gc = time.monotonic()
+            self._collect_owners(live_jobs)
+
+    def _desired(self) -> tuple[dict[str, Desired], set[uuid.UUID]]:
+        out: dict[str, Desired] = {}
+        with self.db.read() as session:
+            all_ids = set(session.execute(select(JobRow.id)).scalars())
+            rows = (
+                session.execute(select(JobRow).where(JobRow.state.in_([s.value for s in RUN_STATES])))
+                .scalars()
+                .all()
+            )
+            jobs = [render_job(session, r) for r in rows if not _external(r.spec)]
+        for job in jobs:
+            host = self._master_host(job)
+            nodes = sorted({t.node for t in job.tasks if t.node})
+            for node in nodes:
+                for launch in launches_for(job, node, master_host=host):
+                    rank0 = launch.env.get("RANK") == "0"
+                    out[pods.pod_name(launch)] = Desired(launch, node, job, rank0)
+        return out, all_ids
+
+    def _master_host(self, job: Job) -> str | None:
+        if len(job.tasks) <= 1 and job.spec.elastic is None:
+            return None
+        return f"{pods.service_name(job.name, job.id)}.{self.namespace}.svc"
+
+    # create -------------------------------------------------------------------------------------
+
+    def _create_missing(self, desired: dict[str, Desired], existing: dict[str, Obj]) -> None:
+        now = time.monotonic()
+        todo = [
+            d
+            for name, d in desired.items()
+            if name not in existing
+            and name not in self._created
+            and name not in self._failed_start
+            and name not in self._seen
+        ]
+        for d in todo:
+            self._created[pods.pod_name(d.launch)] = now
+        futures = [self._pool.submit(self._create_one, d) for d in todo]
+        for f in futures:
+            f.result()
+        for name, at in list(self._created.items()):
+            if name in existing or now - at > 10 * CREATE_GRACE_S:
+                self._created.pop(name, None)
+
+    def _create_one(self, d: Desired) -> None:
+        name = pods.pod_name(d.launch)
+        try:
+            owner = self._owner(d.job)
+            if self._master_host(d.job) is not None and d.job.id not in self._services:
+                svc = pods.master_service(d.job.id, d.job.name, self.namespace, owner)
+                self._ignore_conflict(
+                    lambda: self.kube.create(f"/api/v1/namespaces/{self.namespace}/services", svc)
+                )
+                self._services.add(d.job.id)
+            pod = pods.build_pod(
+                d.launch,
+                d.node,
+                self.namespace,
+                owner,
+                labels=d.job.spec.labels,
+                image=self.image,
+                rank0=d.rank0,
+            )
+            try:
+                self.kube.create(pod_path(self.namespace), pod)
+            except KubeError as exc:
+                if not exc.conflict:
+                    raise
+            self.kube.bind(self.namespace, name, d.node)
+            log.info("pod %s bound to %s", name, d.node)
+        except KubeError as exc:
+            if exc.conflict and "already assigned" in exc.message:
+                return  # bound by an earlier pass
+            log.warning("cannot start pod %s: %s", name, exc)
+            if 400 <= exc.status < 500 and exc.status not in (409, 429):
+                self._failed_start[name] = TaskReport(
+                    task_id=d.launch.task_id,
+                    attempt=d.launch.attempt,
+                    state=TaskState.FAILED,
+                    exit_code=128,
+                    start_error=f"the API server refused the pod: {exc.message}"[:1000],
+                )
+            else:
+                self._created.pop(name, None)  # try again next pass
+        except Exception:
+            log.exception("cannot start pod %s", name)
+            self._created.pop(name, None)
+
+    def _ignore_conflict(self, call: object) -> None:
+        try:
+            call()  # type: ignore[operator]
+        except KubeError as exc:
+            if not exc.conflict:
+                raise
+
+    def _owner(self, job: Job) -> str:
+        uid = self._owners.get(job.id)
+        if uid:
+            return uid
+        path = f"/api/v1/namespaces/{self.namespace}/configmaps"
+        try:
+            obj = self.kube.create(path, pods.owner_configmap(job.id, job.name, job.project, self.namespace))
+        except KubeError as exc:
+            if not exc.conflict:
+                raise
+            obj = self.kube.get(f"{path}/{pods.owner_name(job.id)}")
+        uid = str(obj["metadata"]["uid"])
+        self._owners[job.id] = uid
+        return uid
+
+    # delete -------------------------------------------------------------------------------------
+
+    def _delete_unwanted(self, desired: dict[str, Desired], existing: dict[str, Obj]) -> None:
+        now = time.monotonic()
+        doomed = []
+        for name, pod in existing.items():
+            if name in desired or pod["metadata"].get("deletionTimestamp"):
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue  # finished pods stay (their logs) until their job is deleted
+            if now - self._deleting.get(name, 0.0) < 10.0:
+                continue
+            self._deleting[name] = now
+            doomed.append(name)
+        for f in [self._pool.submit(self._delete_pod, n) for n in doomed]:
+            f.result()
+
+    def _delete_pod(self, name: str) -> None:
+        try:
+            self.kube.delete(pod_path(self.namespace, name), grace=self.delete_grace)
+            log.info("deleted pod %s (its task should not run)", name)
+        except KubeError as exc:
+            if not exc.not_found:
+                log.warning("cannot delete pod %s: %s", name, exc)
+
+    def _collect_owners(self, jobs: set[uuid.UUID]) -> None:
+        """A deleted job's owner ConfigMap goes; the garbage collector removes its pods and Service."""
+        path = f"/api/v1/namespaces/{self.namespace}/configmaps"
+        for cm in self.kube.list(path, MANAGED).get("items") or []:
+            job = (cm["metadata"].get("labels") or {}).get(names.JOB)
+            try:
+                job_id = uuid.UUID(job or "")
+            except ValueError:
+                continue
+            if job_id not in jobs:
+                try:
+                    self.kube.delete(f"{path}/{cm['metadata']['name']}", propagation="Background")
+                    log.info("job %s is deleted: removed its owner object (and so its pods)", job_id)
+                except KubeError as exc:
+                    if not exc.not_found:
+                        raise
+                self._owners.pop(job_id, None)
+                self._services.discard(job_id)
+
+    # report -------------------------------------------------------------------------------------
+
+    def _report(self, desired: dict[str, Desired], existing: dict[str, Obj]) -> None:
+        by_node: dict[str, list[TaskReport]] = {}
+        keys: dict[str, list[tuple[str, tuple[str, int | None, str | None]]]] = {}
+        for name, pod in existing.items():
+            labels = pod["metadata"].get("labels") or {}
+            try:
+                task_id, attempt = uuid.UUID(labels[names.TASK]), int(labels[names.ATTEMPT])
+            except (KeyError, ValueError):
+                continue
+            node = (pod.get("spec") or {}).get("nodeName")
+            report = pods.task_report(pod, task_id, attempt)
+            if report is None or not node:
+                continue
+            self._queue(by_node, keys, node, name, report)
+        now = time.monotonic()
+        for name, d in desired.items():
+            if name in existing:
+                continue
+            if name in self._failed_start:
+                self._queue(by_node, keys, d.node, name, self._failed_start[name])
+            elif name in self._seen and now - self._created.get(name, 0.0) > CREATE_GRACE_S:
+                self._queue(
+                    by_node, keys, d.node, name, pods.vanished_report(d.launch.task_id, d.launch.attempt)
+                )
+        for node, reports in by_node.items():
+            apply_reports(self.db, node, reports)
+            for name, sig in keys[node]:
+                self._reported[name] = sig
+
+    def _queue(
+        self,
+        by_node: dict[str, list[TaskReport]],
+        keys: dict[str, list[tuple[str, tuple[str, int | None, str | None]]]],
+        node: str,
+        name: str,
+        report: TaskReport,
+    ) -> None:
+        sig = (report.state.value, report.exit_code, report.reason.value if report.reason else None)
+        if self._reported.get(name) == sig:
+            return
+        by_node.setdefault(node, []).append(report)
+        keys.setdefault(node, []).append((name, sig))
+
+
+def _external(spec: dict[str, object]) -> bool:
+    """A job standing for pods others created (the secondary scheduler binds those; no pods here)."""
+    labels = spec.get("labels") or {}
+    return isinstance(labels, dict) and names.EXTERNAL in labels
