@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from tessera.api.jobs import Job, TaskReport, TaskState
-from tessera.jobs.launch import RUN_STATES, TaskLaunch, launches_for
+from tessera.jobs.launch import TaskLaunch, launches_for
 from tessera.kube import names, pods
 from tessera.kube.client import Kube, KubeError, Obj, pod_path
 from tessera.kube.informer import Informer
+from tessera.kube.jobcache import JobCache
 from tessera.kube.nodes import NodeSync
 from tessera.platform.services.execution import apply_reports
-from tessera.platform.services.jobs import render_job
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import JobRow
 
@@ -71,6 +71,7 @@ class KubeBackend:
         self.pods = Informer(kube, pod_path(namespace), label_selector=MANAGED, changed=self.changed)
         self.nodes = Informer(kube, "/api/v1/nodes", changed=self.changed)
         self.node_sync = NodeSync(db, heartbeat_every)
+        self.jobs = JobCache(db)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._owners: dict[uuid.UUID, str] = {}  # job -> its owner ConfigMap's uid
         self._services: set[uuid.UUID] = set()
@@ -98,7 +99,7 @@ class KubeBackend:
             return
         self.changed.clear()
         self.node_sync.sync(self.nodes.snapshot())
-        desired, live_jobs = self._desired()
+        desired = self._desired()
         existing = {p["metadata"]["name"]: p for p in self.pods.snapshot()}
         self._seen.update(existing)
         self._create_missing(desired, existing)
@@ -107,18 +108,12 @@ class KubeBackend:
         self._seen &= set(desired) | set(existing)
         if time.monotonic() - self._last_gc > 5.0:
             self._last_gc = time.monotonic()
-            self._collect_owners(live_jobs)
+            with self.db.read() as session:
+                self._collect_owners(set(session.execute(select(JobRow.id)).scalars()))
 
-    def _desired(self) -> tuple[dict[str, Desired], set[uuid.UUID]]:
+    def _desired(self) -> dict[str, Desired]:
         out: dict[str, Desired] = {}
-        with self.db.read() as session:
-            all_ids = set(session.execute(select(JobRow.id)).scalars())
-            rows = (
-                session.execute(select(JobRow).where(JobRow.state.in_([s.value for s in RUN_STATES])))
-                .scalars()
-                .all()
-            )
-            jobs = [render_job(session, r) for r in rows if not _external(r.spec)]
+        jobs, _ = self.jobs.live()
         for job in jobs:
             host = self._master_host(job)
             nodes = sorted({t.node for t in job.tasks if t.node})
@@ -126,7 +121,7 @@ class KubeBackend:
                 for launch in launches_for(job, node, master_host=host):
                     rank0 = launch.env.get("RANK") == "0"
                     out[pods.pod_name(launch)] = Desired(launch, node, job, rank0)
-        return out, all_ids
+        return out
 
     def _master_host(self, job: Job) -> str | None:
         if len(job.tasks) <= 1 and job.spec.elastic is None:
@@ -308,9 +303,3 @@ class KubeBackend:
             return
         by_node.setdefault(node, []).append(report)
         keys.setdefault(node, []).append((name, sig))
-
-
-def _external(spec: dict[str, object]) -> bool:
-    """A job standing for pods others created (the secondary scheduler binds those; no pods here)."""
-    labels = spec.get("labels") or {}
-    return isinstance(labels, dict) and names.EXTERNAL in labels

@@ -16,19 +16,21 @@ import hashlib
 import logging
 import re
 import threading
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from tessera.api.jobs import JobSpec, JobState, JobStatus, TaskGroupSpec, TaskState
+from tessera.api.jobs import Job, JobSpec, JobState, JobStatus, TaskGroupSpec, TaskReport, TaskState
 from tessera.api.quantities import parse_memory_mib
 from tessera.api.resources import Resources
 from tessera.jobs import pending
-from tessera.jobs.launch import RUN_STATES, launches_for
+from tessera.jobs.launch import RUN_STATES, TaskLaunch, launches_for
 from tessera.kube import names, pods
 from tessera.kube.client import Kube, KubeError, Obj
 from tessera.kube.informer import Informer
+from tessera.kube.jobcache import JobCache
 from tessera.platform.services.common import put
 from tessera.platform.services.execution import apply_reports
 from tessera.platform.services.jobs import apply_transition, render_job
@@ -113,7 +115,9 @@ def _ext_label(key: str) -> str:
 
 
 class SecondaryScheduler:
-    def __init__(self, db: Database, kube: Kube, changed: threading.Event | None = None) -> None:
+    def __init__(
+        self, db: Database, kube: Kube, changed: threading.Event | None = None, workers: int = 16
+    ) -> None:
         self.db = db
         self.kube = kube
         self.pods = Informer(
@@ -123,6 +127,8 @@ class SecondaryScheduler:
             field_selector=f"spec.schedulerName={names.SCHEDULER_NAME}",
             changed=changed,
         )
+        self.jobs = JobCache(db, frozenset({JobState.PENDING.value} | {s.value for s in RUN_STATES}))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-bind")
         self._bound: set[str] = set()  # pod uid + attempt bound
         self._reported: dict[str, tuple[str, int | None]] = {}
         self._complained: set[str] = set()
@@ -133,39 +139,37 @@ class SecondaryScheduler:
 
     def stop(self) -> None:
         self.pods.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def step(self) -> None:
         if not self.pods.synced.is_set():
             return
         all_pods = [p for p in self.pods.snapshot() if not p["metadata"].get("deletionTimestamp")]
-        jobs = self._external_jobs()
+        _, external = self.jobs.live()
+        live = {j.spec.labels[names.EXTERNAL]: j for j in external}
         by_key: dict[str, list[Obj]] = {}
         for pod in all_pods:
             group, _ = gang_of(pod)
             by_key.setdefault(f"{pod['metadata']['namespace']}/{group}", []).append(pod)
+        binds: list[tuple[Obj, TaskLaunch, str]] = []
+        reports: dict[str, list[TaskReport]] = {}
         for key, members in by_key.items():
-            job = jobs.get(_ext_label(key))
+            job = live.get(_ext_label(key))
             if job is None:
                 self._admit(key, members)
             else:
-                self._follow(job, members)
-        for label, job in jobs.items():  # gangs whose pods are all gone: their job is cancelled
-            if not any(_ext_label(k) == label for k in by_key) and not JobState(job.state).terminal:
+                self._follow(job, members, binds, reports)
+        for f in [self._pool.submit(self._bind, pod, launch, node) for pod, launch, node in binds]:
+            f.result()
+        for node, batch in reports.items():
+            apply_reports(self.db, node, batch)
+        labels = {_ext_label(k) for k in by_key}
+        for label, job in live.items():  # a gang whose pods are all gone: its job is cancelled
+            if label not in labels:
                 with self.db.write() as tx:
                     row = tx.session.get(JobRow, job.id)
                     if row is not None and not JobState(row.state).terminal:
                         apply_transition(tx, row, JobState.CANCELLED, message="its pods were deleted")
-
-    def _external_jobs(self) -> dict[str, JobRow]:
-        with self.db.read() as session:
-            rows = session.execute(select(JobRow)).scalars().all()
-            out: dict[str, JobRow] = {}
-            for row in rows:
-                label = ((row.spec or {}).get("labels") or {}).get(names.EXTERNAL)
-                if label and (label not in out or row.created_at > out[label].created_at):
-                    session.expunge(row)
-                    out[label] = row
-            return out
 
     # admission ------------------------------------------------------------------------------
 
@@ -186,7 +190,25 @@ class SecondaryScheduler:
         if len(waiting) < need:
             return  # the gang is not all there yet (its controller is still creating pods)
         gang = Gang(key, namespace, group, need, sorted(waiting, key=lambda p: p["metadata"]["name"]))
+        if self._ran_already(gang):
+            return
         self._create_job(gang, resources)
+
+    def _ran_already(self, gang: Gang) -> bool:
+        """A finished (or cancelled) job stands for these very pods: do not queue them again. Pods
+        created after it was (a controller's new generation) are a new gang."""
+        newest = max(p["metadata"].get("creationTimestamp", "") for p in gang.pods)
+        with self.db.read() as session:
+            created = session.execute(
+                select(JobRow.created_at)
+                .where(JobRow.name == _job_name(gang))
+                .order_by(JobRow.created_at.desc())
+            ).first()
+        if created is None or not newest:
+            return False
+        born = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+        stamp = created[0] if created[0].tzinfo else created[0].replace(tzinfo=UTC)
+        return born <= stamp
 
     def _podgroup_min(self, namespace: str, group: str) -> int | None:
         """minMember of a coscheduling or Volcano PodGroup object, where those CRDs exist."""
@@ -275,28 +297,22 @@ class SecondaryScheduler:
 
     # bound jobs -----------------------------------------------------------------------------
 
-    def _follow(self, row: JobRow, members: list[Obj]) -> None:
-        state = JobState(row.state)
+    def _follow(
+        self,
+        job: Job,
+        members: list[Obj],
+        binds: list[tuple[Obj, TaskLaunch, str]],
+        reports: dict[str, list[TaskReport]],
+    ) -> None:
         ordered = sorted(members, key=lambda p: p["metadata"]["name"])
-        if state.terminal:
-            return
-        with self.db.read() as session:
-            fresh = session.get(JobRow, row.id)
-            if fresh is None:
-                return
-            job = render_job(session, fresh)
-        if state is JobState.PENDING:
+        if job.status.state is JobState.PENDING:
             # preempted (or requeued) after binding: its bound pods go, as with the default scheduler
             for pod in ordered:
                 if pod["spec"].get("nodeName") and pod["metadata"].get("labels", {}).get(names.JOB) == str(
-                    row.id
+                    job.id
                 ):
                     self._delete(pod)
             return
-        if state not in RUN_STATES:
-            return
-        by_task = {t.id: t for t in job.tasks}
-        reports: dict[str, list] = {}
         for node in sorted({t.node for t in job.tasks if t.node}):
             for launch in launches_for(job, node):
                 if launch.index >= len(ordered):
@@ -304,23 +320,18 @@ class SecondaryScheduler:
                 pod = ordered[launch.index]
                 sig = f"{pod['metadata']['uid']}/{launch.attempt}"
                 if sig not in self._bound and not pod["spec"].get("nodeName"):
-                    self._bind(pod, launch, node)
                     self._bound.add(sig)
-                task = by_task[launch.task_id]
-                report = pods.task_report(pod, task.id, launch.attempt)
+                    binds.append((pod, launch, node))
+                    continue
+                report = pods.task_report(pod, launch.task_id, launch.attempt)
                 if report is None or not pod["spec"].get("nodeName"):
                     continue
                 key = (report.state.value, report.exit_code)
                 if self._reported.get(sig) != key:
                     self._reported[sig] = key
                     reports.setdefault(node, []).append(report)
-        for node, batch in reports.items():
-            apply_reports(self.db, node, batch)
 
-    def _bind(self, pod: Obj, launch: object, node: str) -> None:
-        from tessera.jobs.launch import TaskLaunch
-
-        assert isinstance(launch, TaskLaunch)
+    def _bind(self, pod: Obj, launch: TaskLaunch, node: str) -> None:
         meta = pod["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         patch = {
@@ -342,6 +353,7 @@ class SecondaryScheduler:
             self.kube.bind(meta["namespace"], meta["name"], node)
             log.info("bound pod %s/%s to %s", meta["namespace"], meta["name"], node)
         except KubeError as exc:
+            self._bound.discard(f"{meta['uid']}/{launch.attempt}")  # the next pass tries again
             log.warning("cannot bind pod %s/%s: %s", meta["namespace"], meta["name"], exc)
 
     def _delete(self, pod: Obj) -> None:
@@ -351,7 +363,3 @@ class SecondaryScheduler:
         except KubeError as exc:
             if not exc.not_found:
                 log.warning("cannot delete pod %s/%s: %s", meta["namespace"], meta["name"], exc)
-
-
-def task_uuid(text: str) -> uuid.UUID:
-    return uuid.UUID(text)

@@ -12,6 +12,7 @@ import pytest
 from tests.kube.cluster import LocalCluster, bin_dir
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # one xdist worker runs every test that uses the cluster, so the session starts it once
     for item in items:
