@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -115,6 +116,13 @@ def up(
         f"The CLI reads its token from {settings.credentials_path} (written on first start).",
         highlight=False,
     )
+    # the control plane's own log lines (controllers, backends) beside uvicorn's
+    tessera_log = logging.getLogger("tessera")
+    if not tessera_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tessera_log.addHandler(handler)
+        tessera_log.setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

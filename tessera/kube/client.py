@@ -216,12 +216,13 @@ class Kube:
         params = {"fieldManager": manager, "force": "true", "dryRun": "All" if dry_run else None}
         return self.request("PATCH", path, body, params=params, content_type="application/apply-patch+yaml")
 
-    def bind(self, namespace: str, pod: str, node: str) -> Obj:
-        """Bind a pod to a node through the Binding API (what a scheduler does)."""
+    def bind(self, namespace: str, pod: str, node: str, annotations: dict[str, str] | None = None) -> Obj:
+        """Bind a pod to a node through the Binding API (what a scheduler does). The API server copies
+        the Binding's annotations onto the pod in the same write."""
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": pod, "namespace": namespace},
+            "metadata": {"name": pod, "namespace": namespace, "annotations": annotations or {}},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         return self.create(f"/api/v1/namespaces/{namespace}/pods/{pod}/binding", binding)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,12 +35,16 @@ from tessera.kube.jobcache import JobCache
 from tessera.platform.services.common import put
 from tessera.platform.services.execution import apply_reports
 from tessera.platform.services.jobs import apply_transition, render_job
-from tessera.platform.store.db import Database
+from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import JobRow, ProjectRow, TaskRow, UserRow
 from tessera.platform.store.types import utcnow
 
 log = logging.getLogger(__name__)
 SCHEDULER_USER = "kube-scheduler"
+PODGROUP_APIS = {
+    "coscheduling": "/apis/scheduling.x-k8s.io/v1alpha1",
+    "volcano": "/apis/scheduling.volcano.sh/v1beta1",
+}
 GROUP = "pod"
 
 
@@ -63,18 +68,23 @@ def _first(mapping: dict[str, str], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def gang_of(pod: Obj) -> tuple[str, str | None]:
-    """(group name, min-available as written) in any of the accepted spellings."""
+def gang_of(pod: Obj) -> tuple[str, str | None, str | None]:
+    """(group name, min-available as written, which spelling named the group: "tessera",
+    "coscheduling", "volcano", or None for a pod on its own)."""
     meta = pod["metadata"]
-    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
-    both = {**labels, **notes}
-    group = (
-        both.get(names.GANG) or _first(both, names.COSCHEDULING_LABELS) or _first(both, names.VOLCANO_GROUP)
-    )
+    both = {**(meta.get("labels") or {}), **(meta.get("annotations") or {})}
     minimum = (
         both.get(names.GANG_MIN) or _first(both, names.COSCHEDULING_MIN) or _first(both, names.VOLCANO_MIN)
     )
-    return (group or f"pod-{meta['name']}"), minimum
+    if both.get(names.GANG):
+        return both[names.GANG], minimum, "tessera"
+    group = _first(both, names.COSCHEDULING_LABELS)
+    if group:
+        return group, minimum, "coscheduling"
+    group = _first(both, names.VOLCANO_GROUP)
+    if group:
+        return group, minimum, "volcano"
+    return f"pod-{meta['name']}", minimum, None
 
 
 def resources_of(pod: Obj) -> Resources:
@@ -132,6 +142,7 @@ class SecondaryScheduler:
         self._bound: set[str] = set()  # pod uid + attempt bound
         self._reported: dict[str, tuple[str, int | None]] = {}
         self._complained: set[str] = set()
+        self._crds: dict[str, tuple[bool, float]] = {}  # PodGroup API -> (served, when checked)
 
     def start(self) -> SecondaryScheduler:
         self.pods.start()
@@ -149,16 +160,21 @@ class SecondaryScheduler:
         live = {j.spec.labels[names.EXTERNAL]: j for j in external}
         by_key: dict[str, list[Obj]] = {}
         for pod in all_pods:
-            group, _ = gang_of(pod)
+            group, _, _ = gang_of(pod)
             by_key.setdefault(f"{pod['metadata']['namespace']}/{group}", []).append(pod)
         binds: list[tuple[Obj, TaskLaunch, str]] = []
         reports: dict[str, list[TaskReport]] = {}
+        admit: list[tuple[Gang, Resources]] = []
         for key, members in by_key.items():
             job = live.get(_ext_label(key))
             if job is None:
-                self._admit(key, members)
+                ready = self._admit(key, members)
+                if ready is not None:
+                    admit.append(ready)
             else:
                 self._follow(job, members, binds, reports)
+        if admit:
+            self._create_jobs(admit)
         for f in [self._pool.submit(self._bind, pod, launch, node) for pod, launch, node in binds]:
             f.result()
         for node, batch in reports.items():
@@ -173,127 +189,154 @@ class SecondaryScheduler:
 
     # admission ------------------------------------------------------------------------------
 
-    def _admit(self, key: str, members: list[Obj]) -> None:
+    def _admit(self, key: str, members: list[Obj]) -> tuple[Gang, Resources] | None:
+        """The gang, once min-available of its pods wait (else None: not all there yet, or bad)."""
         waiting = [p for p in members if not p["spec"].get("nodeName")]
         if not waiting:
-            return
+            return None
         namespace, group = key.split("/", 1)
-        _, minimum = gang_of(waiting[0])
+        _, minimum, spelling = gang_of(waiting[0])
         try:
-            need = int(minimum) if minimum else self._podgroup_min(namespace, group) or len(waiting)
+            need = int(minimum) if minimum else None
+            if need is None and spelling in ("coscheduling", "volcano"):
+                need = self._podgroup_min(spelling, namespace, group)
             resources = resources_of(waiting[0])
         except (GangError, ValueError) as exc:
             if key not in self._complained:
                 self._complained.add(key)
                 log.warning("pods of gang %s cannot be scheduled by Tessera: %s", key, exc)
-            return
+            return None
+        need = need or len(waiting)
         if len(waiting) < need:
-            return  # the gang is not all there yet (its controller is still creating pods)
-        gang = Gang(key, namespace, group, need, sorted(waiting, key=lambda p: p["metadata"]["name"]))
-        if self._ran_already(gang):
-            return
-        self._create_job(gang, resources)
+            return None  # the gang is not all there yet (its controller is still creating pods)
+        return Gang(
+            key, namespace, group, need, sorted(waiting, key=lambda p: p["metadata"]["name"])
+        ), resources
 
-    def _ran_already(self, gang: Gang) -> bool:
+    @staticmethod
+    def _ran_already(gang: Gang, created: datetime | None) -> bool:
         """A finished (or cancelled) job stands for these very pods: do not queue them again. Pods
         created after it was (a controller's new generation) are a new gang."""
         newest = max(p["metadata"].get("creationTimestamp", "") for p in gang.pods)
-        with self.db.read() as session:
-            created = session.execute(
-                select(JobRow.created_at)
-                .where(JobRow.name == _job_name(gang))
-                .order_by(JobRow.created_at.desc())
-            ).first()
         if created is None or not newest:
             return False
         born = datetime.fromisoformat(newest.replace("Z", "+00:00"))
-        stamp = created[0] if created[0].tzinfo else created[0].replace(tzinfo=UTC)
+        stamp = created if created.tzinfo else created.replace(tzinfo=UTC)
         return born <= stamp
 
-    def _podgroup_min(self, namespace: str, group: str) -> int | None:
-        """minMember of a coscheduling or Volcano PodGroup object, where those CRDs exist."""
-        for path in (
-            f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{namespace}/podgroups/{group}",
-            f"/apis/scheduling.volcano.sh/v1beta1/namespaces/{namespace}/podgroups/{group}",
-        ):
+    def _podgroup_min(self, spelling: str, namespace: str, group: str) -> int | None:
+        """minMember of the gang's coscheduling or Volcano PodGroup object, where that CRD exists."""
+        api = PODGROUP_APIS[spelling]
+        now = time.monotonic()
+        known = self._crds.get(api)
+        if known is None or now - known[1] > 30:
             try:
-                spec = self.kube.get(path).get("spec") or {}
-                if spec.get("minMember"):
-                    return int(spec["minMember"])
+                served = any(r.get("name") == "podgroups" for r in self.kube.get(api).get("resources") or [])
             except KubeError:
-                continue
-        return None
+                served = False
+            self._crds[api] = known = (served, now)
+        if not known[0]:
+            return None
+        try:
+            spec = self.kube.get(f"{api}/namespaces/{namespace}/podgroups/{group}").get("spec") or {}
+        except KubeError:
+            return None
+        return int(spec["minMember"]) if spec.get("minMember") else None
 
-    def _create_job(self, gang: Gang, resources: Resources) -> None:
-        notes = gang.pods[0]["metadata"].get("annotations") or {}
+    def _create_jobs(self, gangs: list[tuple[Gang, Resources]]) -> None:
+        """Queue every newly complete gang as a job, in one transaction."""
+        made = []
         with self.db.write() as tx:
             session = tx.session
-            project_name = notes.get(names.PROJECT, "default")
-            project = session.execute(
-                select(ProjectRow).where(ProjectRow.name == project_name)
-            ).scalar_one_or_none()
-            if project is None:
-                log.warning("gang %s names project %r, which does not exist", gang.key, project_name)
-                return
+            wanted = [_job_name(g) for g, _ in gangs]
+            created: dict[str, datetime] = {}
+            for name, at in session.execute(
+                select(JobRow.name, JobRow.created_at).where(JobRow.name.in_(wanted))
+            ):
+                if name not in created or at > created[name]:
+                    created[name] = at
             user = session.execute(select(UserRow).where(UserRow.name == SCHEDULER_USER)).scalar_one_or_none()
             if user is None:
                 user = UserRow(name=SCHEDULER_USER)
                 session.add(user)
                 session.flush()
-            queue = notes.get(names.QUEUE) or project.default_queue
-            spec = JobSpec(
-                name=_job_name(gang),
-                project=project.name,
-                queue=queue,
-                groups=[
-                    TaskGroupSpec(
-                        name=GROUP,
-                        replicas=len(gang.pods),
-                        min_available=gang.min_available,
-                        command=["(pods created in Kubernetes)"],
-                        image=(gang.pods[0]["spec"].get("containers") or [{}])[0].get("image"),
-                        resources=resources,
-                    )
-                ],
-                priority=int(notes.get(names.PRIORITY, 50)),
-                labels={names.EXTERNAL: _ext_label(gang.key), "kubernetes.namespace": gang.namespace},
-            )
-            now = utcnow()
-            status = JobStatus(
-                state=JobState.PENDING, pending_reason=pending.WAITING_FOR_SCHEDULER, submitted_at=now
-            )
-            row = JobRow(
-                name=spec.name,
-                live_name=spec.name,
-                project_id=project.id,
-                queue=queue,
-                owner_id=user.id,
-                state=JobState.PENDING.value,
-                priority=spec.priority,
-                spec=spec.model_dump(mode="json"),
-                status=status.model_dump(mode="json"),
-                revision=tx.revision,
-            )
-            session.add(row)
-            session.flush()
-            for i in range(len(gang.pods)):
-                session.add(
-                    TaskRow(
-                        job_id=row.id,
-                        group_name=GROUP,
-                        index=i,
-                        state=TaskState.PENDING.value,
-                        revision=tx.revision,
-                    )
+            projects = {p.name: p for p in session.execute(select(ProjectRow)).scalars()}
+            for gang, resources in gangs:
+                if self._ran_already(gang, created.get(_job_name(gang))):
+                    continue
+                notes = gang.pods[0]["metadata"].get("annotations") or {}
+                project = projects.get(notes.get(names.PROJECT, "default"))
+                if project is None:
+                    if gang.key not in self._complained:
+                        self._complained.add(gang.key)
+                        log.warning(
+                            "gang %s names project %r, which does not exist",
+                            gang.key,
+                            notes.get(names.PROJECT),
+                        )
+                    continue
+                self._insert(tx, gang, resources, project, user, notes)
+                made.append(gang)
+        for gang in made:
+            log.info("gang %s (%d pods, min %d) queued", gang.key, len(gang.pods), gang.min_available)
+
+    def _insert(
+        self,
+        tx: Tx,
+        gang: Gang,
+        resources: Resources,
+        project: ProjectRow,
+        user: UserRow,
+        notes: dict[str, str],
+    ) -> None:
+        session = tx.session
+        queue = notes.get(names.QUEUE) or project.default_queue
+        spec = JobSpec(
+            name=_job_name(gang),
+            project=project.name,
+            queue=queue,
+            groups=[
+                TaskGroupSpec(
+                    name=GROUP,
+                    replicas=len(gang.pods),
+                    min_available=gang.min_available,
+                    command=["(pods created in Kubernetes)"],
+                    image=(gang.pods[0]["spec"].get("containers") or [{}])[0].get("image"),
+                    resources=resources,
                 )
-            put(tx, "job", row, lambda r: render_job(session, r))
-        log.info(
-            "gang %s (%d pods, min %d) queued as job %s",
-            gang.key,
-            len(gang.pods),
-            gang.min_available,
-            spec.name,
+            ],
+            priority=int(notes.get(names.PRIORITY, 50)),
+            labels={names.EXTERNAL: _ext_label(gang.key), "kubernetes.namespace": gang.namespace},
         )
+        now = utcnow()
+        status = JobStatus(
+            state=JobState.PENDING, pending_reason=pending.WAITING_FOR_SCHEDULER, submitted_at=now
+        )
+        row = JobRow(
+            name=spec.name,
+            live_name=spec.name,
+            project_id=project.id,
+            queue=queue,
+            owner_id=user.id,
+            state=JobState.PENDING.value,
+            priority=spec.priority,
+            spec=spec.model_dump(mode="json"),
+            status=status.model_dump(mode="json"),
+            revision=tx.revision,
+        )
+        session.add(row)
+        session.flush()
+        for i in range(len(gang.pods)):
+            session.add(
+                TaskRow(
+                    job_id=row.id,
+                    group_name=GROUP,
+                    index=i,
+                    state=TaskState.PENDING.value,
+                    revision=tx.revision,
+                )
+            )
+        put(tx, "job", row, lambda r: render_job(session, r))
 
     # bound jobs -----------------------------------------------------------------------------
 
@@ -332,27 +375,29 @@ class SecondaryScheduler:
                     reports.setdefault(node, []).append(report)
 
     def _bind(self, pod: Obj, launch: TaskLaunch, node: str) -> None:
+        """Bind with the binding annotations in the same request, then label the pod with its job,
+        task and attempt (for log lookups and for finding a preempted job's pods)."""
         meta = pod["metadata"]
-        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        patch = {
-            "metadata": {
-                "labels": {
-                    names.JOB: str(launch.job_id),
-                    names.TASK: str(launch.task_id),
-                    names.ATTEMPT: str(launch.attempt),
-                },
-                "annotations": {
-                    names.BINDING: pods.binding_annotation(node, launch),
-                    names.ALLOCATION: names.ALLOCATING if launch.slices else names.ALLOCATED,
-                    names.BOUND_AT: f"{utcnow().timestamp():.6f}",
-                },
-            }
+        notes = {
+            names.BINDING: pods.binding_annotation(node, launch),
+            names.ALLOCATION: names.ALLOCATING if launch.slices else names.ALLOCATED,
+            names.BOUND_AT: f"{utcnow().timestamp():.6f}",
+        }
+        labels = {
+            names.JOB: str(launch.job_id),
+            names.TASK: str(launch.task_id),
+            names.ATTEMPT: str(launch.attempt),
         }
         try:
-            self.kube.merge_patch(path, patch)
-            self.kube.bind(meta["namespace"], meta["name"], node)
+            self.kube.bind(meta["namespace"], meta["name"], node, notes)
+            self.kube.merge_patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {"metadata": {"labels": labels}},
+            )
             log.info("bound pod %s/%s to %s", meta["namespace"], meta["name"], node)
         except KubeError as exc:
+            if exc.conflict and "already assigned" in exc.message:
+                return
             self._bound.discard(f"{meta['uid']}/{launch.attempt}")  # the next pass tries again
             log.warning("cannot bind pod %s/%s: %s", meta["namespace"], meta["name"], exc)
 

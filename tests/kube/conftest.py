@@ -43,3 +43,6 @@ def namespace(k8s: LocalCluster) -> Iterator[str]:
     )
     yield name
     k8s.kube.delete(f"/api/v1/namespaces/{name}")
+    # the test's nodes (labelled with its namespace) go too, so no later test places pods on them
+    for node in k8s.kube.list("/api/v1/nodes", f"test.tessera.io/ns={name}")["items"]:
+        k8s.kube.delete(f"/api/v1/nodes/{node['metadata']['name']}")

@@ -41,8 +41,8 @@ class KubePlane:
             TESSERA_KUBE_NAMESPACE=self.namespace,
             TESSERA_NODE_HEARTBEAT_TIMEOUT="4",
             TESSERA_SCHEDULER_INTERVAL="0.1",
-            **self.env_extra,
         )
+        env.update(self.env_extra)
         log = open(self.home / "up.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [TESSERA, "up", "--port", str(self.port), "--no-agent", "--no-gateway"],

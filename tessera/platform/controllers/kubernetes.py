@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 
 from fastapi.concurrency import run_in_threadpool
 
@@ -19,6 +20,7 @@ from tessera.platform.settings import Settings
 from tessera.platform.store.db import Database
 
 log = logging.getLogger(__name__)
+SLOW_PASS_S = 1.0
 
 
 def connect(settings: Settings) -> Kube:
@@ -46,9 +48,17 @@ async def run(db: Database, settings: Settings) -> None:
     try:
         while True:
             try:
+                began = time.monotonic()
                 await run_in_threadpool(backend.step)
+                mid = time.monotonic()
                 if secondary is not None:
                     await run_in_threadpool(secondary.step)
+                if time.monotonic() - began > SLOW_PASS_S:
+                    log.info(
+                        "slow Kubernetes pass: pods %.2fs, secondary scheduler %.2fs",
+                        mid - began,
+                        time.monotonic() - mid,
+                    )
             except Exception:
                 log.exception("Kubernetes backend pass failed")
             await asyncio.get_running_loop().run_in_executor(
