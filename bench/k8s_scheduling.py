@@ -131,6 +131,7 @@ def delete_pods(kube: Kube, ns: str) -> None:
         "DELETE",
         f"/api/v1/namespaces/{ns}/pods",
         {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
+        timeout=600,
     )
 
     def gone() -> bool:
@@ -139,6 +140,18 @@ def delete_pods(kube: Kube, ns: str) -> None:
     deadline = time.monotonic() + 300
     while not gone() and time.monotonic() < deadline:
         time.sleep(1)
+
+
+def settle(plane: KubePlane, timeout: float = 600) -> None:
+    """Wait until the throughput rounds' jobs are all over (their pods deleted, their jobs
+    cancelled), so the latency rounds measure a quiet control plane."""
+    live = ["PENDING", "SCHEDULED", "STARTING", "RUNNING"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not plane.api("GET", "/jobs", params={"state": live, "limit": 1}).json()["items"]:
+            return
+        time.sleep(1.0)
+    raise TimeoutError("the throughput rounds' jobs did not finish")
 
 
 def kube_latency(kube: Kube, ns: str, rounds: int) -> list[float]:
@@ -206,15 +219,25 @@ def main() -> None:
         plane.wait_nodes([f"gpu-{i:04d}" for i in range(args.nodes)], timeout=600)
         assert plane.proc is not None
         rows = []
-        for scheduler, pid in (
-            ("default-scheduler", cluster.procs["kube-scheduler"].pid),
-            ("tessera", plane.proc.pid),
-        ):
-            ns = namespace(kube, f"bench-{scheduler}")
+        rounds = (
+            ("default-scheduler", "kube-scheduler (defaults: client QPS 50)", lambda: None),
+            (
+                "default-scheduler",
+                "kube-scheduler (client QPS 1000, burst 2000)",
+                lambda: cluster.restart_scheduler(1000, 2000),
+            ),
+            ("tessera", "Tessera (secondary scheduler)", lambda: None),
+        )
+        for i, (scheduler, label, prepare) in enumerate(rounds):
+            prepare()
+            time.sleep(2.0)
+            pid = plane.proc.pid if scheduler == "tessera" else cluster.procs["kube-scheduler"].pid
+            ns = namespace(kube, f"bench-{i}")
             per_min, seconds = throughput(kube, pid, ns, scheduler, args.pods)
-            rows.append((scheduler, per_min, seconds))
-            print(f"{scheduler}: {args.pods} pods bound in {seconds:.1f}s = {per_min:,.0f} pods/min")
+            rows.append((label, per_min, seconds))
+            print(f"{label}: {args.pods} pods bound in {seconds:.1f}s = {per_min:,.0f} pods/min", flush=True)
             delete_pods(kube, ns)
+        settle(plane)
         lat_ns = namespace(kube, "bench-latency")
         kube_single = kube_latency(kube, lat_ns, args.rounds)
         ours_single = tessera_latency(plane, 1, args.rounds)

@@ -19,14 +19,38 @@ from tessera.cli.output import fail, out
 
 
 def node(
-    name: Annotated[str, typer.Option(help="Node name (DNS label), unique in the cluster.")],
-    state_dir: Annotated[Path, typer.Option(help="Task state, logs and the assignment cache.")],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Node name (DNS label), unique in the cluster. With --kubernetes: default "
+            "$TESSERA_NODE_NAME, else $NODE_NAME (the DaemonSet sets both to spec.nodeName)."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Task state, logs and the assignment cache. With --kubernetes: default $TESSERA_HOME."
+        ),
+    ] = None,
     url: Annotated[str | None, typer.Option(envvar="TESSERA_URL", help="Control-plane URL.")] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding a node-scope token.")] = None,
     simulate_gpus: Annotated[
         str | None, typer.Option(envvar="TESSERA_SIMULATE_GPUS", help="e.g. 2xA100-80GB (simulated).")
     ] = None,
-    listen_host: Annotated[str, typer.Option(help="Address for the log server.")] = "127.0.0.1",
+    listen_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address for the log and cache server (default 127.0.0.1; 0.0.0.0 with --kubernetes)."
+        ),
+    ] = None,
+    advertise_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TESSERA_ADVERTISE_HOST",
+            help="Host in the URL the control plane and peers reach this agent at (default: --listen-host; "
+            "with --kubernetes: this pod's address).",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Log server port (0: any free).")] = 0,
     label: Annotated[
         list[str] | None,
@@ -46,8 +70,34 @@ def node(
     cache_capacity: Annotated[
         str | None, typer.Option(help="Dataset cache size on this node, e.g. 200Gi (default: no limit).")
     ] = None,
+    kubernetes: Annotated[
+        bool,
+        typer.Option(
+            "--kubernetes",
+            help="Run as the DaemonSet does: the kubelet runs the tasks; this agent enforces their "
+            "slices by pod cgroup, keeps the dataset cache and serves the device plugin.",
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path, typer.Option(help="--kubernetes: the dataset cache, the hostPath pods mount datasets from.")
+    ] = Path("/var/lib/tessera/cache"),
+    device_plugin_dir: Annotated[
+        Path, typer.Option(help="--kubernetes: the kubelet's device plugin socket directory.")
+    ] = Path("/var/lib/kubelet/device-plugins"),
+    cgroup_root: Annotated[
+        Path, typer.Option(help="--kubernetes: where the host's cgroup hierarchy is mounted.")
+    ] = Path("/sys/fs/cgroup"),
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBECONFIG", help="--kubernetes: kubeconfig (default: the in-cluster service account)."
+        ),
+    ] = None,
 ) -> None:
-    """Run a node agent in the foreground: register, heartbeat, run, enforce and report tasks."""
+    """Run a node agent in the foreground: register, heartbeat, run, enforce and report tasks.
+
+    With --kubernetes the kubelet runs the tasks as pods: the agent registers, heartbeats, enforces
+    their slices, caches their datasets and serves Tessera's device plugin to the kubelet."""
     import logging
 
     from tessera.api.common import NAME_FORM, is_name
@@ -58,6 +108,14 @@ def node(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
+    if kubernetes:
+        name = name or os.environ.get("TESSERA_NODE_NAME") or os.environ.get("NODE_NAME")
+        home = os.environ.get("TESSERA_HOME")
+        state_dir = state_dir or (Path(home) if home else None)
+    if name is None:
+        fail("--name is needed" + (" (or $TESSERA_NODE_NAME, $NODE_NAME)" if kubernetes else ""), code=2)
+    if state_dir is None:
+        fail("--state-dir is needed" + (" (or $TESSERA_HOME)" if kubernetes else ""), code=2)
     if not is_name(name):
         fail(f"--name {name!r} is not {NAME_FORM}", code=2)
     token = os.environ.get("TESSERA_TOKEN")
@@ -70,6 +128,16 @@ def node(
         fail("a node-scope token is needed: --token-file or TESSERA_TOKEN", code=2)
     if unattributed not in ("report", "kill"):
         fail(f"--unattributed {unattributed!r}: valid: report, kill", code=2)
+    kube = None
+    if kubernetes:
+        from tessera.kube.client import Kube, KubeConfig
+
+        try:
+            kube = Kube(KubeConfig.load(kubeconfig))
+        except (OSError, ValueError) as exc:
+            fail(f"cannot reach the Kubernetes API server: {exc}", code=2)
+        if advertise_host is None:
+            advertise_host = _pod_address()
     try:
         device = open_device(name, state_dir, simulate_gpus)
     except ValueError as exc:
@@ -89,7 +157,7 @@ def node(
         url=resolve(url, token).url,
         token=token,
         inventory=inventory,
-        listen_host=listen_host,
+        listen_host=listen_host or ("0.0.0.0" if kubernetes else "127.0.0.1"),
         listen_port=port,
         grace_seconds=grace,
         heartbeat_seconds=heartbeat,
@@ -99,8 +167,17 @@ def node(
         ),
         cache_capacity_bytes=capacity,
         labels=_pairs(label or [], "--label"),
+        advertise_host=advertise_host,
     )
-    agent = Agent(config)
+    if kubernetes:
+        from tessera.node.kube import KubeAgent, KubeOptions
+
+        options = KubeOptions(
+            cache_dir=cache_dir, device_plugin_dir=device_plugin_dir, cgroup_root=cgroup_root
+        )
+        agent: Agent = KubeAgent(config, options, kube)
+    else:
+        agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())
     try:
@@ -110,6 +187,20 @@ def node(
     finally:
         if device is not None:
             device.close()
+
+
+def _pod_address() -> str:
+    """This pod's address: $POD_IP if the pod spec passes it, else what the pod's hostname resolves
+    to (the kubelet writes the pod's IP for it into /etc/hosts)."""
+    import socket
+
+    found = os.environ.get("POD_IP")
+    if found:
+        return found
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def down(

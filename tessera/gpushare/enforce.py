@@ -7,7 +7,8 @@ The node agent calls `Enforcer.poll` every `poll_seconds` (100 ms) with the slic
    the kubelet started, whose pod cgroup holds it (`cgroups`), never by what its environment says;
    an attributed verdict is reused for `attribution_ttl_seconds`;
 3. memory: a slice over its limit gets SliceMemoryExceeded, then SIGTERM to its task's process group
-   and its GPU processes, SIGKILL after the grace period (`watchdog`), under the ``kill`` policy;
+   (a pod's slice: every process in the pod's cgroup, given `cgroup_root`) and its GPU processes,
+   SIGKILL after the grace period (`watchdog`), under the ``kill`` policy;
 4. compute: measures each slice's share over a sliding window and duty-cycles the slices whose policy
    allows it (`throttle`), stopping and resuming them through the `StopLedger`;
 5. processes on a managed GPU that belong to no slice are reported after a grace period (and killed
@@ -27,9 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from tessera.gpushare.attribution import Attribution, ProcInfo, SliceShim, attribute, read_proc, snapshot
-from tessera.gpushare.cgroups import attribute_live_by_cgroup
+from tessera.gpushare.cgroups import attribute_live_by_cgroup, signal_cgroup
 from tessera.gpushare.device import (
     DeviceBackend,
     DeviceError,
@@ -111,8 +113,12 @@ class Enforcer:
         wall: Callable[[], float] = time.time,
         read: Callable[..., ProcInfo | None] = read_proc,
         probe: Callable[[], NodeProbe] = probe_node,
+        cgroup_root: Path | None = None,
     ) -> None:
         self.backend = backend
+        # where the pods' cgroups are mounted (Kubernetes): a pod's slice is stopped as a whole there;
+        # None signals only its GPU processes (and the task's group, where a shim started it)
+        self.cgroup_root = cgroup_root
         self.config = config or EnforcerConfig()
         self.ledger = ledger or StopLedger(None)
         self.emit, self.on_kill = emit, on_kill
@@ -394,6 +400,8 @@ class Enforcer:
     def _signal(self, spec: SliceSpec, members: list[_Member], sig: int) -> None:
         if spec.task is not None:
             signal_group(spec.task, sig)
+        if spec.cgroup and self.cgroup_root is not None:  # a pod: all of it, as the kubelet would
+            signal_cgroup(spec.cgroup, sig, self.cgroup_root)
         for m in members:
             signal_process(m.pid, m.start_time, sig)
 

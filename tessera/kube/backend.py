@@ -31,7 +31,7 @@ from tessera.kube.client import Kube, KubeError, Obj, pod_path
 from tessera.kube.informer import Informer
 from tessera.kube.jobcache import JobCache
 from tessera.kube.nodes import NodeSync
-from tessera.platform.services.execution import apply_reports
+from tessera.platform.services.execution import apply_node_reports
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import JobRow
 
@@ -58,6 +58,7 @@ class KubeBackend:
         namespace: str,
         *,
         image: str,
+        cache_dir: str = "/var/lib/tessera/cache",
         heartbeat_every: float = 10.0,
         workers: int = 16,
         delete_grace: int = 10,
@@ -66,6 +67,7 @@ class KubeBackend:
         self.kube = kube
         self.namespace = namespace
         self.image = image
+        self.cache_dir = cache_dir
         self.delete_grace = delete_grace
         self.changed = threading.Event()
         self.pods = Informer(kube, pod_path(namespace), label_selector=MANAGED, changed=self.changed)
@@ -167,6 +169,7 @@ class KubeBackend:
                 labels=d.job.spec.labels,
                 image=self.image,
                 rank0=d.rank0,
+                cache_dir=self.cache_dir,
             )
             try:
                 self.kube.create(pod_path(self.namespace), pod)
@@ -285,8 +288,9 @@ class KubeBackend:
                 self._queue(
                     by_node, keys, d.node, name, pods.vanished_report(d.launch.task_id, d.launch.attempt)
                 )
-        for node, reports in by_node.items():
-            apply_reports(self.db, node, reports)
+        if by_node:
+            apply_node_reports(self.db, by_node)
+        for node in by_node:
             for name, sig in keys[node]:
                 self._reported[name] = sig
 

@@ -173,6 +173,7 @@ class Kube:
         body: Any = None,
         params: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> Obj:
         content = json.dumps(body).encode() if body is not None else None
         response = self.http.request(
@@ -181,6 +182,7 @@ class Kube:
             content=content,
             params={k: v for k, v in (params or {}).items() if v is not None},
             headers=self._headers(content_type if content is not None else None),
+            timeout=httpx.Timeout(timeout, connect=10.0) if timeout else httpx.USE_CLIENT_DEFAULT,
         )
         self._raise(response)
         return response.json() if response.content else {}

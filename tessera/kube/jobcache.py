@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tessera.api.jobs import Job
 from tessera.jobs.launch import RUN_STATES
 from tessera.kube import names
-from tessera.platform.services.jobs import render_job
+from tessera.platform.services.jobs import render_jobs
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import JobRow
 
@@ -33,20 +34,25 @@ class JobCache:
         with self.db.read() as session:
             query = select(JobRow.id, JobRow.version).where(JobRow.state.in_(self.states))
             rows = session.execute(query).all()
-            for job_id, version in rows:
+            stale = [job_id for job_id, version in rows if self._jobs.get(job_id, (None,))[0] != version]
+            for start in range(0, len(stale), 500):
+                fresh = session.execute(
+                    select(JobRow).where(JobRow.id.in_(stale[start : start + 500]))
+                ).scalars()
+                for job, row in zip_rendered(session, list(fresh)):
+                    self._jobs[job.id] = (row.version, job)
+                    self._external[job.id] = job.spec.labels.get(names.EXTERNAL)
+            for job_id, _ in rows:
                 hit = self._jobs.get(job_id)
-                if hit is None or hit[0] != version:
-                    row = session.get(JobRow, job_id)
-                    if row is None:
-                        continue
-                    job = render_job(session, row)
-                    self._jobs[job_id] = (version, job)
-                    self._external[job_id] = job.spec.labels.get(names.EXTERNAL)
-                    hit = self._jobs[job_id]
-                (external if self._external.get(job_id) else own).append(hit[1])
+                if hit is not None:
+                    (external if self._external.get(job_id) else own).append(hit[1])
         alive = {j.id for j in own} | {j.id for j in external}
         for job_id in list(self._jobs):
             if job_id not in alive:
                 self._jobs.pop(job_id, None)
                 self._external.pop(job_id, None)
         return own, external
+
+
+def zip_rendered(session: Session, rows: list[JobRow]) -> list[tuple[Job, JobRow]]:
+    return list(zip(render_jobs(session, rows), rows, strict=True))

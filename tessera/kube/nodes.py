@@ -115,29 +115,36 @@ class NodeSync:
         self.db = db
         self.heartbeat_every = heartbeat_every
         self._registered: dict[str, str] = {}  # node -> hash of what was registered
+        self._seen: dict[str, str] = {}  # node -> the Node object's resourceVersion then
         self._last_beat = 0.0
 
     def sync(self, nodes: list[Obj]) -> None:
         gpu_nodes = [n for n in nodes if gpu_count(n) > 0]
         with self.db.read() as session:
-            rows = {r.name: r for r in session.execute(select(NodeRow)).scalars()}
+            query = select(NodeRow.name, NodeRow.agent_url, NodeRow.state)
+            rows = {name: (agent, state) for name, agent, state in session.execute(query)}
         ready: list[str] = []
         for node in gpu_nodes:
             name = node["metadata"]["name"]
-            row = rows.get(name)
-            if row is not None and row.agent_url:
+            agent, state = rows.get(name, (None, None))
+            if agent:
                 continue  # its agent reports (NVML inventory, measurements, heartbeats)
             if not is_ready(node):
+                continue
+            version = str(node["metadata"].get("resourceVersion"))
+            if state == NodeState.READY.value and self._seen.get(name) == version:
+                ready.append(name)  # the Node object has not changed since it was registered
                 continue
             req = RegisterNodeRequest(name=name, labels=node_labels(node), inventory=inventory(node))
             digest = hashlib.sha256(
                 json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()
             ).hexdigest()
-            if row is None or self._registered.get(name) != digest or row.state != NodeState.READY.value:
+            if state != NodeState.READY.value or self._registered.get(name) != digest:
                 register_node(self.db, req)
                 self._registered[name] = digest
             else:
                 ready.append(name)
+            self._seen[name] = version
         now = time.monotonic()
         if ready and now - self._last_beat >= self.heartbeat_every:
             self._last_beat = now

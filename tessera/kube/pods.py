@@ -177,7 +177,7 @@ def build_pod(
             continue
         # the node agent keeps the dataset's cache on the host; the task reads it through hostPath
         vol = f"data-{_dns(mount.dataset, 40)}"
-        path = f"{cache_dir}/datasets/{mount.dataset_id}"
+        path = f"{cache_dir}/data/{mount.dataset_id}"  # the node agent's cache layout (--cache-dir)
         volumes.append({"name": vol, "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
         target = mount.path or f"/data/{mount.dataset}"
         mounts.append({"name": vol, "mountPath": target, "readOnly": True})

@@ -33,7 +33,7 @@ from tessera.kube.client import Kube, KubeError, Obj
 from tessera.kube.informer import Informer
 from tessera.kube.jobcache import JobCache
 from tessera.platform.services.common import put
-from tessera.platform.services.execution import apply_reports
+from tessera.platform.services.execution import apply_node_reports
 from tessera.platform.services.jobs import apply_transition, render_job
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import JobRow, ProjectRow, TaskRow, UserRow
@@ -143,6 +143,7 @@ class SecondaryScheduler:
         self._reported: dict[str, tuple[str, int | None]] = {}
         self._complained: set[str] = set()
         self._crds: dict[str, tuple[bool, float]] = {}  # PodGroup API -> (served, when checked)
+        self.timings: dict[str, float] = {}  # the last pass's phases (cumulative seconds)
 
     def start(self) -> SecondaryScheduler:
         self.pods.start()
@@ -155,8 +156,11 @@ class SecondaryScheduler:
     def step(self) -> None:
         if not self.pods.synced.is_set():
             return
+        began = time.monotonic()
+        self.timings = timings = {}
         all_pods = [p for p in self.pods.snapshot() if not p["metadata"].get("deletionTimestamp")]
         _, external = self.jobs.live()
+        timings["jobs"] = time.monotonic() - began
         live = {j.spec.labels[names.EXTERNAL]: j for j in external}
         by_key: dict[str, list[Obj]] = {}
         for pod in all_pods:
@@ -175,15 +179,23 @@ class SecondaryScheduler:
                 self._follow(job, members, binds, reports)
         if admit:
             self._create_jobs(admit)
-        for f in [self._pool.submit(self._bind, pod, launch, node) for pod, launch, node in binds]:
-            f.result()
-        for node, batch in reports.items():
-            apply_reports(self.db, node, batch)
+        timings["admit"] = time.monotonic() - began
+        timings["follow"] = time.monotonic() - began
+        bound = [f.result() for f in [self._pool.submit(self._bind, p, launch, n) for p, launch, n in binds]]
+        timings["bind"] = time.monotonic() - began
+        # bookkeeping labels after every bind of the pass, not waited for: binding latency first
+        for done in bound:
+            if done is not None:
+                self._pool.submit(self._label, done)
+        if reports:
+            apply_node_reports(self.db, reports)
+        timings["report"] = time.monotonic() - began
         labels = {_ext_label(k) for k in by_key}
-        for label, job in live.items():  # a gang whose pods are all gone: its job is cancelled
-            if label not in labels:
-                with self.db.write() as tx:
-                    row = tx.session.get(JobRow, job.id)
+        orphans = [job.id for label, job in live.items() if label not in labels]
+        if orphans:  # gangs whose pods are all gone: their jobs are cancelled (one transaction)
+            with self.db.write() as tx:
+                for job_id in orphans:
+                    row = tx.session.get(JobRow, job_id)
                     if row is not None and not JobState(row.state).terminal:
                         apply_transition(tx, row, JobState.CANCELLED, message="its pods were deleted")
 
@@ -374,9 +386,9 @@ class SecondaryScheduler:
                     self._reported[sig] = key
                     reports.setdefault(node, []).append(report)
 
-    def _bind(self, pod: Obj, launch: TaskLaunch, node: str) -> None:
-        """Bind with the binding annotations in the same request, then label the pod with its job,
-        task and attempt (for log lookups and for finding a preempted job's pods)."""
+    def _bind(self, pod: Obj, launch: TaskLaunch, node: str) -> tuple[Obj, dict[str, str]] | None:
+        """Bind with the binding annotations in the same request. Returns what to label the pod with
+        (its job, task and attempt: for log lookups and for finding a preempted job's pods)."""
         meta = pod["metadata"]
         notes = {
             names.BINDING: pods.binding_annotation(node, launch),
@@ -390,16 +402,25 @@ class SecondaryScheduler:
         }
         try:
             self.kube.bind(meta["namespace"], meta["name"], node, notes)
+            log.debug("bound pod %s/%s to %s", meta["namespace"], meta["name"], node)
+            return pod, labels
+        except KubeError as exc:
+            if exc.conflict and "already assigned" in exc.message:
+                return pod, labels
+            self._bound.discard(f"{meta['uid']}/{launch.attempt}")  # the next pass tries again
+            log.warning("cannot bind pod %s/%s: %s", meta["namespace"], meta["name"], exc)
+            return None
+
+    def _label(self, bound: tuple[Obj, dict[str, str]]) -> None:
+        pod, labels = bound
+        meta = pod["metadata"]
+        try:
             self.kube.merge_patch(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
                 {"metadata": {"labels": labels}},
             )
-            log.info("bound pod %s/%s to %s", meta["namespace"], meta["name"], node)
         except KubeError as exc:
-            if exc.conflict and "already assigned" in exc.message:
-                return
-            self._bound.discard(f"{meta['uid']}/{launch.attempt}")  # the next pass tries again
-            log.warning("cannot bind pod %s/%s: %s", meta["namespace"], meta["name"], exc)
+            log.warning("cannot label pod %s/%s: %s", meta["namespace"], meta["name"], exc)
 
     def _delete(self, pod: Obj) -> None:
         meta = pod["metadata"]

@@ -73,6 +73,7 @@ class AgentConfig:
     device: DeviceBackend | None = None
     enforcement: EnforcerConfig = field(default_factory=EnforcerConfig)
     cache_capacity_bytes: int | None = None  # the dataset cache's size (None: no limit of its own)
+    advertise_host: str | None = None  # the host in the URL it registers (default: listen_host)
 
 
 @dataclass
@@ -144,14 +145,12 @@ class Agent:
         from tessera.node.server import serve_logs
 
         server, port = serve_logs(self, self.config.listen_host, self.config.listen_port)
-        self.url = f"http://{self.config.listen_host}:{port}"
+        self.url = f"http://{self.config.advertise_host or self.config.listen_host}:{port}"
         self.feed = AssignmentFeed(
             self.http, self.config.name, self.state_dir / "assignments.json", self.changed
         )
         self.enforcement.start()
-        self.data = data = DataManager(
-            self.http, self.config.name, self.state_dir / "cache", self.config.cache_capacity_bytes
-        )
+        self.data = data = self._open_data()
         threads = [
             threading.Thread(target=data.run, args=(self.stop_event,), name="datasets", daemon=True),
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
@@ -162,8 +161,9 @@ class Agent:
         ]
         for thread in threads:
             thread.start()
-        log.info("agent %s up; logs at %s; state in %s", self.config.name, self.url, self.state_dir)
         try:
+            self._start_services()
+            log.info("agent %s up; logs at %s; state in %s", self.config.name, self.url, self.state_dir)
             while not self.stop_event.is_set():
                 try:
                     self.reconcile()
@@ -172,11 +172,23 @@ class Agent:
                 self.changed.wait(self.config.poll_seconds)
                 self.changed.clear()
         finally:
+            self._stop_services()
             self.enforcement.close()  # nothing this agent stopped stays stopped
             server.should_exit = True
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._flush_events()
             self.http.close()
+
+    def _open_data(self) -> DataManager:
+        return DataManager(
+            self.http, self.config.name, self.state_dir / "cache", self.config.cache_capacity_bytes
+        )
+
+    def _start_services(self) -> None:
+        """What a mode adds once the agent holds its lock (Kubernetes: the device plugin)."""
+
+    def _stop_services(self) -> None:
+        """Undo `_start_services`."""
 
     def _heartbeats(self) -> None:
         registered = False
@@ -203,10 +215,14 @@ class Agent:
             log.exception("cannot report GPU usage with this heartbeat")
             return {}
 
+    def _labels(self) -> dict[str, str]:
+        """The node's labels, for node selectors."""
+        return self.config.labels
+
     def _register(self) -> None:
         body = {
             "name": self.config.name,
-            "labels": self.config.labels,
+            "labels": self._labels(),
             "inventory": self.config.inventory.model_dump(mode="json"),
             "agent_url": self.url,
             "agent_secret": self.secret,

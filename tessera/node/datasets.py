@@ -61,9 +61,13 @@ class DataManager:
         root: Path,
         capacity_bytes: int | None = None,
         workers: int = 8,
+        memory_tier: bool = True,
     ) -> None:
         self.http, self.node, self.workers = http, node, workers
-        self.cache = NodeCache(root, capacity_bytes, memory_root=memory_tier_root(node))
+        # off where tasks read the cache through a hostPath mount (Kubernetes): the memory tier's
+        # links point into this process's /dev/shm, which a pod's container does not share
+        memory_root = memory_tier_root(node) if memory_tier else None
+        self.cache = NodeCache(root, capacity_bytes, memory_root=memory_root)
         self.blocks = BlockCache(self.cache)
         self._streams: dict[str, tuple[float, dict[str, FileEntry], PeerFetcher]] = {}
         self._running: dict[str, threading.Thread] = {}

@@ -7,6 +7,9 @@ default). Its events go to the agent's outbox (a job's when they name a slice); 
 the `NodeUsage` sent with each heartbeat. When the watchdog stops a task, the task's directory is
 marked first (``enforcement.json``), so that its report says SliceOOM whatever exit status it gets.
 
+On Kubernetes the kubelet starts the tasks: `set_pod_slices` takes each running pod's cgroup instead
+of a shim, attribution goes by that cgroup, and a stopped slice's whole pod cgroup is signalled.
+
 Nothing this node stopped stays stopped: the stop ledger (``stopped.json``) is written before every
 SIGSTOP; a predecessor's ledger is resumed at start-up; `close` (signal handlers, atexit) resumes
 everything; and a watcher process resumes the ledger's processes if the agent is killed outright.
@@ -21,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +37,7 @@ from tessera.api.usage import GpuUsage, NodeEvent, NodeUsage, ProcessUsage, Slic
 from tessera.gpushare import resumer
 from tessera.gpushare.device import DeviceBackend
 from tessera.gpushare.enforce import EnforcementEvent, Enforcer, EnforcerConfig, SliceSpec, Snapshot
-from tessera.gpushare.signals import StopLedger
+from tessera.gpushare.signals import Proc, StopLedger
 from tessera.gpushare.simhelper import write_json_atomic
 from tessera.jobs.launch import TaskLaunch
 from tessera.node import shim
@@ -43,6 +46,7 @@ from tessera.node.procs import is_alive
 log = logging.getLogger(__name__)
 ENFORCEMENT_FILE = "enforcement.json"
 LEDGER_FILE = "stopped.json"
+NO_SHIM: Proc = (0, 0)  # a pod's slice: no process is pid 0, so no process descends from this "shim"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class NodeEnforcement:
         state_dir: Path,
         config: EnforcerConfig,
         on_event: Callable[[NodeEvent], None],
+        cgroup_root: Path | None = None,
     ) -> None:
         self.node = node
         self.device = device
@@ -85,7 +90,12 @@ class NodeEnforcement:
         self.on_event = on_event
         self.ledger = StopLedger(state_dir / LEDGER_FILE)
         self.enforcer = Enforcer(
-            device, config, ledger=self.ledger, emit=self._emit, on_kill=self.mark_stopped
+            device,
+            config,
+            ledger=self.ledger,
+            emit=self._emit,
+            on_kill=self.mark_stopped,
+            cgroup_root=cgroup_root,
         )
         self._specs: list[SliceSpec] = []
         self._contexts: dict[str, SliceContext] = {}
@@ -122,11 +132,7 @@ class NodeEnforcement:
         contexts: dict[str, SliceContext] = {}
         allocated: dict[str, tuple[int, float]] = {}
         for launch in launches:
-            job = jobs[launch.job_id]
-            for alloc in launch.slices:
-                if alloc.gpu_uuid:
-                    memory, compute = allocated.get(alloc.gpu_uuid, (0, 0.0))
-                    allocated[alloc.gpu_uuid] = (memory + alloc.memory_mib, compute + alloc.compute_pct)
+            _count(allocated, launch)
             task_dir = jobs_dir / str(launch.job_id) / launch.key
             state = shim.read_state(task_dir)
             if (
@@ -138,25 +144,33 @@ class NodeEnforcement:
                 continue  # not started yet, or over: nothing to enforce
             if not is_alive(state.shim_pid, state.shim_start_time):
                 continue
-            may_throttle = len(job.tasks) <= 1 and SERVICE_LABEL not in job.spec.labels
-            for alloc in launch.slices:
-                if not alloc.gpu_uuid:
-                    continue
-                policy = alloc.enforcement or SlicePolicy()
-                spec = SliceSpec(
-                    slice_id=str(alloc.id),
-                    gpu_uuid=alloc.gpu_uuid,
-                    memory_mib=alloc.memory_mib,
-                    compute_pct=alloc.compute_pct,
-                    shim=(state.shim_pid, state.shim_start_time),
-                    task=(state.pid, state.pid_start_time),
-                    mig_instance=alloc.mig_instance,
-                    memory_policy=policy.memory,
-                    compute_policy=policy.compute,
-                    may_throttle=may_throttle,
-                )
+            shim_proc, task = (state.shim_pid, state.shim_start_time), (state.pid, state.pid_start_time)
+            for spec, context in _slices(launch, jobs[launch.job_id], task_dir, shim_proc, task, None):
                 specs.append(spec)
-                contexts[spec.slice_id] = SliceContext(job, launch, alloc, task_dir)
+                contexts[spec.slice_id] = context
+        self._specs, self._contexts, self._allocated = specs, contexts, allocated
+
+    def set_pod_slices(
+        self,
+        launches: Iterable[TaskLaunch],
+        jobs: dict[uuid.UUID, Job],
+        jobs_dir: Path,
+        cgroups: Mapping[str, str],
+    ) -> None:
+        """`set_slices` where the kubelet runs the tasks: `cgroups` maps a running task attempt's key
+        to its pod's cgroup (`cgroups.find_pod_cgroup`); a task without one is not enforced yet."""
+        specs: list[SliceSpec] = []
+        contexts: dict[str, SliceContext] = {}
+        allocated: dict[str, tuple[int, float]] = {}
+        for launch in launches:
+            _count(allocated, launch)
+            cgroup = cgroups.get(launch.key)
+            if cgroup is None:
+                continue
+            task_dir = jobs_dir / str(launch.job_id) / launch.key
+            for spec, context in _slices(launch, jobs[launch.job_id], task_dir, NO_SHIM, None, cgroup):
+                specs.append(spec)
+                contexts[spec.slice_id] = context
         self._specs, self._contexts, self._allocated = specs, contexts, allocated
 
     def slices(self) -> list[tuple[SliceSpec, SliceContext]]:
@@ -191,6 +205,7 @@ class NodeEnforcement:
             return
         doc = {"reason": TerminalReason.SLICE_OOM.value, "message": message, "at": time.time()}
         try:
+            context.task_dir.mkdir(parents=True, exist_ok=True)  # a pod's task has none of its own
             write_json_atomic(context.task_dir / ENFORCEMENT_FILE, doc)
         except OSError:
             log.exception("could not mark task %s as stopped by the node", context.launch.key)
@@ -279,3 +294,38 @@ class NodeEnforcement:
             gpus=gpus,
             slices=slices,
         )
+
+
+def _count(allocated: dict[str, tuple[int, float]], launch: TaskLaunch) -> None:
+    """Add a task's slices to what is allocated on each GPU (for the usage report)."""
+    for alloc in launch.slices:
+        if alloc.gpu_uuid:
+            memory, compute = allocated.get(alloc.gpu_uuid, (0, 0.0))
+            allocated[alloc.gpu_uuid] = (memory + alloc.memory_mib, compute + alloc.compute_pct)
+
+
+def _slices(
+    launch: TaskLaunch, job: Job, task_dir: Path, shim_proc: Proc, task: Proc | None, cgroup: str | None
+) -> list[tuple[SliceSpec, SliceContext]]:
+    """The slice specs of one running task: its GPU slices, each with its queue's policy."""
+    may_throttle = len(job.tasks) <= 1 and SERVICE_LABEL not in job.spec.labels
+    out = []
+    for alloc in launch.slices:
+        if not alloc.gpu_uuid:
+            continue
+        policy = alloc.enforcement or SlicePolicy()
+        spec = SliceSpec(
+            slice_id=str(alloc.id),
+            gpu_uuid=alloc.gpu_uuid,
+            memory_mib=alloc.memory_mib,
+            compute_pct=alloc.compute_pct,
+            shim=shim_proc,
+            task=task,
+            mig_instance=alloc.mig_instance,
+            memory_policy=policy.memory,
+            compute_policy=policy.compute,
+            may_throttle=may_throttle,
+            cgroup=cgroup,
+        )
+        out.append((spec, SliceContext(job, launch, alloc, task_dir)))
+    return out

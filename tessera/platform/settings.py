@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     kube_gateway_token_secret: str | None = Field(
         default=None, description="Kubernetes: a Secret the control plane fills with the gateways' token."
     )
+    kube_cache_dir: str = Field(
+        default="/var/lib/tessera/cache",
+        description="Kubernetes: the node agents' dataset cache on each node (hostPath; their --cache-dir).",
+    )
     kube_interval: float = Field(default=0.2, gt=0, le=10, description="Seconds between pod syncs.")
 
     @field_validator("simulate_gpus")

@@ -314,6 +314,23 @@ class LocalCluster:
         if not os.environ.get("TESSERA_KEEP_K8S"):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def restart_scheduler(self, qps: int, burst: int) -> None:
+        """The default scheduler again, with its API client's rate limit raised (its default is 50
+        requests/s, which caps how fast it can bind)."""
+        proc = self.procs.pop("kube-scheduler", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        config = self.run_dir / "scheduler.yaml"
+        config.write_text(
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+            f"clientConnection:\n  kubeconfig: {self.kubeconfig}\n  qps: {qps}\n  burst: {burst}\n"
+            "leaderElection:\n  leaderElect: false\n"
+        )
+        self._spawn(
+            "kube-scheduler", [str(self.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0"]
+        )
+
     # helpers ---------------------------------------------------------------------------------
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:

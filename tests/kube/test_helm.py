@@ -194,9 +194,10 @@ def test_node_daemonset(k8s: LocalCluster) -> None:
     assert token == {"secretName": "rel-tessera-node-token", "optional": True}
     assert container["command"] == [
         *("tessera", "node", "--kubernetes", "--url", "http://rel-tessera-controlplane:8080"),
-        *("--token-file", "/var/run/tessera/token"),
+        *("--token-file", "/var/run/tessera/token", "--cache-dir", "/var/lib/tessera/cache"),
     ]
     env = env_of(container)
+    assert env["TESSERA_ADVERTISE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     for name in ("NODE_NAME", "TESSERA_NODE_NAME"):
         assert env[name] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert container["securityContext"]["privileged"] is False
@@ -214,7 +215,9 @@ def test_gateway_and_ingress(k8s: LocalCluster) -> None:
     assert container["command"] == [
         *("tessera", "gateway", "--url", "http://rel-tessera-controlplane:8080"),
         *("--token-file", "/var/run/tessera/token", "--host", "0.0.0.0", "--port", "8000"),
+        *("--name", "$(POD_NAME)"),  # each replica reports under its own pod's name
     ]
+    assert env_of(container)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     service = one(docs, "Service", "-gateway")["spec"]
     assert service["ports"][0]["port"] == 80 and service["ports"][0]["targetPort"] == "http"
     rules = {

@@ -36,7 +36,12 @@ async def run(db: Database, settings: Settings) -> None:
     kube = await run_in_threadpool(connect, settings)
     ns = namespace(settings, kube)
     backend = KubeBackend(
-        db, kube, ns, image=settings.kube_image, heartbeat_every=max(1.0, settings.node_heartbeat_timeout / 4)
+        db,
+        kube,
+        ns,
+        image=settings.kube_image,
+        cache_dir=settings.kube_cache_dir,
+        heartbeat_every=max(1.0, settings.node_heartbeat_timeout / 4),
     ).start()
     secondary = None
     if settings.kube_secondary_scheduler:
@@ -54,10 +59,14 @@ async def run(db: Database, settings: Settings) -> None:
                 if secondary is not None:
                     await run_in_threadpool(secondary.step)
                 if time.monotonic() - began > SLOW_PASS_S:
+                    phases = " ".join(
+                        f"{k}={v:.2f}" for k, v in (secondary.timings if secondary else {}).items()
+                    )
                     log.info(
-                        "slow Kubernetes pass: pods %.2fs, secondary scheduler %.2fs",
+                        "slow Kubernetes pass: pods %.2fs, secondary scheduler %.2fs (%s)",
                         mid - began,
                         time.monotonic() - mid,
+                        phases,
                     )
             except Exception:
                 log.exception("Kubernetes backend pass failed")

@@ -220,10 +220,16 @@ def apply_reports(db: Database, node: str, reports: list[TaskReport]) -> int:
     Reports are idempotent: the agent re-sends after restarts. A report for
     another node's task or an older attempt is ignored. Returns how many applied.
     """
+    return apply_node_reports(db, {node: reports})
+
+
+def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> int:
+    """``apply_reports`` for several nodes in one transaction (the Kubernetes backend reads every
+    node's pods at once)."""
     applied = 0
     with db.write() as tx:
         touched: dict[uuid.UUID, JobRow] = {}
-        for report in reports:
+        for node, report in ((n, r) for n, batch in batches.items() for r in batch):
             if report.state in (TaskState.SUCCEEDED, TaskState.FAILED):
                 _release(tx, node, report)
             task = tx.session.get(TaskRow, report.task_id)

@@ -61,7 +61,7 @@ def log_target(
                 field="index",
             )
         node = session.execute(select(NodeRow).where(NodeRow.name == task.node)).scalar_one_or_none()
-        if pods and (node is None or not node.agent_url):
+        if pods:  # on Kubernetes the kubelet keeps every task's log (the agent serves none)
             return PodLogTarget(task_id=str(task.id), attempt=task.attempt)
         if node is None or not node.agent_url or not node.agent_secret:
             raise Unavailable(f"node {task.node!r} that ran the task is gone or serves no logs")
