@@ -16,6 +16,7 @@ import argparse
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -202,6 +203,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--gang-rounds", type=int, default=5)
     args = parser.parse_args()
+    # a timeout's SIGTERM still stops the cluster's processes (they run in sessions of their own)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     path = bin_dir()
     if path is None:
         raise SystemExit("run scripts/k8s-testenv install first")
