@@ -90,11 +90,11 @@ def _ready(node: Obj) -> bool:
 
 
 def pod(name: str, ns: str, scheduler: str) -> Obj:
+    # Tessera's pods ask for its device plugin's resource; the default scheduler's for NVIDIA's
+    gpu = "tessera.io/slice" if scheduler == "tessera" else "nvidia.com/gpu"
     spec: dict[str, Any] = {
         "schedulerName": scheduler,
-        "containers": [
-            {"name": "task", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
-        ],
+        "containers": [{"name": "task", "image": "busybox", "resources": {"limits": {gpu: "1"}}}],
     }
     notes = {"tessera.io/gpus": "1"} if scheduler == "tessera" else {}
     return {

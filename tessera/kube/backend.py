@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,7 +38,10 @@ from tessera.platform.store.rows import JobRow
 
 log = logging.getLogger(__name__)
 MANAGED = f"{names.MANAGED_BY}={names.MANAGED_BY_VALUE}"
-CREATE_GRACE_S = 30.0  # a pod created this recently but not yet in the cache is not "vanished"
+CREATE_GRACE_S = 30.0
+_FINISHED = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}
+)  # a pod created this recently but not yet in the cache is not "vanished"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,10 @@ class KubeBackend:
         self.cache_dir = cache_dir
         self.delete_grace = delete_grace
         self.changed = threading.Event()
-        self.pods = Informer(kube, pod_path(namespace), label_selector=MANAGED, changed=self.changed)
+        self.pods = Informer(
+            kube, pod_path(namespace), label_selector=MANAGED, changed=self.changed, on_event=self._on_pod
+        )
+        self._gone: deque[Obj] = deque()  # pods deleted since the last pass
         self.nodes = Informer(kube, "/api/v1/nodes", changed=self.changed)
         self.node_sync = NodeSync(db, heartbeat_every)
         self.jobs = JobCache(db)
@@ -83,6 +90,10 @@ class KubeBackend:
         self._reported: dict[str, tuple[str, int | None, str | None]] = {}
         self._failed_start: dict[str, TaskReport] = {}
         self._last_gc = 0.0
+
+    def _on_pod(self, kind: str, pod: Obj) -> None:
+        if kind == "DELETED":
+            self._gone.append(pod)
 
     def start(self) -> KubeBackend:
         self.pods.start()
@@ -117,10 +128,13 @@ class KubeBackend:
         out: dict[str, Desired] = {}
         jobs, _ = self.jobs.live()
         for job in jobs:
+            finished = {t.id: t.state in _FINISHED for t in job.tasks}
             host = self._master_host(job)
             nodes = sorted({t.node for t in job.tasks if t.node})
             for node in nodes:
                 for launch in launches_for(job, node, master_host=host):
+                    if finished.get(launch.task_id):
+                        continue  # its pod ran to the end (and may be gone): never start it again
                     rank0 = launch.env.get("RANK") == "0"
                     out[pods.pod_name(launch)] = Desired(launch, node, job, rank0)
         return out
@@ -133,25 +147,39 @@ class KubeBackend:
     # create -------------------------------------------------------------------------------------
 
     def _create_missing(self, desired: dict[str, Desired], existing: dict[str, Obj]) -> None:
+        """Create the pods of tasks that should run and have none; bind every desired pod that is
+        not bound yet (including one whose bind failed after its create, or before a restart)."""
         now = time.monotonic()
         todo = [
             d
             for name, d in desired.items()
-            if name not in existing
+            if (name not in existing or not existing[name]["spec"].get("nodeName"))
+            and not (existing.get(name) or {}).get("metadata", {}).get("deletionTimestamp")
             and name not in self._created
             and name not in self._failed_start
-            and name not in self._seen
+            and (name in existing or name not in self._seen)
         ]
         for d in todo:
             self._created[pods.pod_name(d.launch)] = now
-        futures = [self._pool.submit(self._create_one, d) for d in todo]
+        # one node's binds in order, one thread per node: the device plugin's Allocate matches the
+        # oldest pod bound to its node, so bind order must be the order of their bound-at stamps
+        per_node: dict[str, list[Desired]] = {}
+        for d in todo:
+            per_node.setdefault(d.node, []).append(d)
+        futures = [self._pool.submit(self._start_on, batch, existing) for batch in per_node.values()]
         for f in futures:
             f.result()
         for name, at in list(self._created.items()):
-            if name in existing or now - at > 10 * CREATE_GRACE_S:
+            if (
+                name in existing and existing[name]["spec"].get("nodeName")
+            ) or now - at > 10 * CREATE_GRACE_S:
                 self._created.pop(name, None)
 
-    def _create_one(self, d: Desired) -> None:
+    def _start_on(self, batch: list[Desired], existing: dict[str, Obj]) -> None:
+        for d in batch:
+            self._create_one(d, pods.pod_name(d.launch) in existing)
+
+    def _create_one(self, d: Desired, exists: bool) -> None:
         name = pods.pod_name(d.launch)
         try:
             owner = self._owner(d.job)
@@ -161,28 +189,33 @@ class KubeBackend:
                     lambda: self.kube.create(f"/api/v1/namespaces/{self.namespace}/services", svc)
                 )
                 self._services.add(d.job.id)
-            pod = pods.build_pod(
-                d.launch,
-                d.node,
-                self.namespace,
-                owner,
-                labels=d.job.spec.labels,
-                image=self.image,
-                rank0=d.rank0,
-                cache_dir=self.cache_dir,
-            )
-            try:
-                self.kube.create(pod_path(self.namespace), pod)
-            except KubeError as exc:
-                if not exc.conflict:
-                    raise
-            self.kube.bind(self.namespace, name, d.node)
+            if not exists:
+                group = next(g for g in d.job.spec.groups if g.name == d.launch.group)
+                pod = pods.build_pod(
+                    d.launch,
+                    d.node,
+                    self.namespace,
+                    owner,
+                    labels=d.job.spec.labels,
+                    image=self.image,
+                    rank0=d.rank0,
+                    cache_dir=self.cache_dir,
+                    resources=group.resources,
+                )
+                try:
+                    self.kube.create(pod_path(self.namespace), pod)
+                except KubeError as exc:
+                    if not exc.conflict:
+                        raise
+            # stamped now, in bind order, and written with the bind itself
+            self.kube.bind(self.namespace, name, d.node, {names.BOUND_AT: f"{time.time():.6f}"})
             log.info("pod %s bound to %s", name, d.node)
         except KubeError as exc:
             if exc.conflict and "already assigned" in exc.message:
                 return  # bound by an earlier pass
             log.warning("cannot start pod %s: %s", name, exc)
-            if 400 <= exc.status < 500 and exc.status not in (409, 429):
+            permanent = 400 <= exc.status < 500 and exc.status not in (403, 409, 429)
+            if permanent:  # invalid: the task cannot start (a quota refusal, 403, is tried again)
                 self._failed_start[name] = TaskReport(
                     task_id=d.launch.task_id,
                     attempt=d.launch.attempt,
@@ -278,6 +311,22 @@ class KubeBackend:
             if report is None or not node:
                 continue
             self._queue(by_node, keys, node, name, report)
+        later = []
+        while self._gone:  # a deleted pod's task attempt is over: its slices stop counting
+            pod = self._gone.popleft()
+            name, labels = pod["metadata"]["name"], pod["metadata"].get("labels") or {}
+            node = (pod.get("spec") or {}).get("nodeName")
+            if name in existing:
+                later.append(pod)  # deleted after this pass's snapshot: the next pass sees it gone
+                continue
+            if name in desired or not node or names.TASK not in labels:
+                continue  # still wanted: reported as vanished below, once its grace is over
+            try:
+                report = pods.gone_report(pod, uuid.UUID(labels[names.TASK]), int(labels[names.ATTEMPT]))
+            except (KeyError, ValueError):
+                continue
+            self._queue(by_node, keys, node, name, report)
+        self._gone.extend(later)
         now = time.monotonic()
         for name, d in desired.items():
             if name in existing:

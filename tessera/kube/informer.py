@@ -71,7 +71,11 @@ class Informer:
         listing = self.kube.list(self.path, self.label_selector, self.field_selector)
         items = {key(o): o for o in listing.get("items") or []}
         with self._lock:
+            gone = [o for k, o in self._items.items() if k not in items]
             self._items = items
+        if self.on_event is not None:  # deleted while the watch was down: still said (last state known)
+            for obj in gone:
+                self.on_event("DELETED", obj)
         self.synced.set()
         self.changed.set()
         return str(listing["metadata"]["resourceVersion"])
@@ -110,6 +114,11 @@ class Informer:
                 if self._stop.is_set():
                     return
                 log.info("watch of %s broke (%s); listing again", self.path, exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                version = None
+            except Exception:  # never let the cache go stale silently: log, list again
+                log.exception("watch of %s failed; listing again", self.path)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 version = None

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.api.jobs import TaskReport, TaskState, TerminalReason
+from tessera.api.resources import Resources
 from tessera.jobs.launch import TaskLaunch
 from tessera.kube import names
 
@@ -32,9 +33,9 @@ def _dns(text: str, limit: int) -> str:
 
 
 def pod_name(launch: TaskLaunch) -> str:
-    """``<job>-<job id>-<group>-<index>-a<attempt>``: readable, unique, a valid DNS label."""
-    job = _dns(launch.job_name, 30)
-    return f"{job}-{launch.job_id.hex[:6]}-{_dns(launch.group, 12)}-{launch.index}-a{launch.attempt}"
+    """``<job>-<group>-<index>-<task id>-a<attempt>``: readable, unique (the task id), a DNS label."""
+    job = _dns(launch.job_name, 24)
+    return f"{job}-{_dns(launch.group, 12)}-{launch.index}-{launch.task_id.hex[:10]}-a{launch.attempt}"
 
 
 def owner_name(job_id: uuid.UUID) -> str:
@@ -134,6 +135,7 @@ def build_pod(
     rank0: bool = False,
     cache_dir: str = "/var/lib/tessera/cache",
     service_account: str | None = None,
+    resources: Resources | None = None,
 ) -> Obj:
     """The Pod for one task attempt, to be created unbound and then bound to ``node``."""
     env = {k: v for k, v in launch.env.items() if k not in slice_env(launch)}
@@ -164,12 +166,16 @@ def build_pod(
     }
     if launch.cwd:
         container["workingDir"] = launch.cwd
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    if resources is not None:  # what the scheduler counted, so the kubelet's QoS and eviction agree
+        requests = {"cpu": f"{resources.cpu:g}", "memory": f"{resources.memory}Mi"}
+        limits = {"memory": f"{resources.memory}Mi"}
     if launch.slices:
-        count = str(len(launch.slices))
-        container["resources"] = {
-            "limits": {names.SLICE_RESOURCE: count},
-            "requests": {names.SLICE_RESOURCE: count},
-        }
+        limits[names.SLICE_RESOURCE] = requests[names.SLICE_RESOURCE] = str(len(launch.slices))
+    if limits or requests:
+        container["resources"] = {"limits": limits, "requests": requests}
+
     volumes: list[Obj] = []
     mounts: list[Obj] = []
     for mount in launch.data:
@@ -318,5 +324,21 @@ def vanished_report(task_id: uuid.UUID, attempt: int) -> TaskReport:
         started_at=None,
         reason=TerminalReason.NODE_LOST,
         message="its pod was deleted outside Tessera (or its node is gone)",
+        finished_at=datetime.now(UTC),
+    )
+
+
+def gone_report(pod: Obj, task_id: uuid.UUID, attempt: int) -> TaskReport:
+    """A pod Tessera no longer wanted is deleted: its attempt is over, whatever the pod's last status
+    said (a kubelet deletes a stopped pod right after writing it), so its slices stop counting."""
+    final = task_report(pod, task_id, attempt)
+    if final is not None and final.state in (TaskState.SUCCEEDED, TaskState.FAILED):
+        return final
+    return TaskReport(
+        task_id=task_id,
+        attempt=attempt,
+        state=TaskState.FAILED,
+        exit_code=137,
+        message="its pod was deleted",
         finished_at=datetime.now(UTC),
     )

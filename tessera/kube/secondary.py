@@ -106,13 +106,27 @@ def resources_of(pod: Obj) -> Resources:
         ) from None
     if ("gpu_memory" in body or "gpu_compute" in body) and body.get("gpus") == 1:
         body.pop("gpus")  # "1 GPU, this much of it" is a slice
-    limits = ((pod["spec"].get("containers") or [{}])[0].get("resources") or {}).get("limits") or {}
-    if not body and limits.get("nvidia.com/gpu"):
-        body["gpus"] = int(limits["nvidia.com/gpu"])
+    requested = 0
+    for container in pod["spec"].get("containers") or []:
+        limits = (container.get("resources") or {}).get("limits") or {}
+        try:
+            requested += int(limits.get(names.SLICE_RESOURCE, 0))
+        except ValueError:
+            raise GangError(f"{names.SLICE_RESOURCE} must be an integer") from None
+    if not body and requested:
+        body["gpus"] = requested  # whole GPUs, one slice each
     try:
-        return Resources.model_validate(body)
+        resources = Resources.model_validate(body)
     except ValueError as exc:
         raise GangError(f"the pod's Tessera annotations are invalid: {exc}") from None
+    # the kubelet calls Tessera's device plugin (which injects the bound GPU) only for pods that
+    # request its resource: a GPU pod without it would see every GPU of its node
+    if resources.gpu_count and requested != resources.gpu_count:
+        raise GangError(
+            f"the pod asks for {resources.gpu_count} GPU slice(s) but requests {requested} "
+            f"{names.SLICE_RESOURCE}: set resources.limits[{names.SLICE_RESOURCE!r}] to {resources.gpu_count}"
+        )
+    return resources
 
 
 def _job_name(gang: Gang) -> str:
@@ -139,7 +153,7 @@ class SecondaryScheduler:
         )
         self.jobs = JobCache(db, frozenset({JobState.PENDING.value} | {s.value for s in RUN_STATES}))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-bind")
-        self._bound: set[str] = set()  # pod uid + attempt bound
+        self._claims: dict[str, str] = {}  # pod uid -> the task it is being bound as
         self._reported: dict[str, tuple[str, int | None]] = {}
         self._complained: set[str] = set()
         self._crds: dict[str, tuple[bool, float]] = {}  # PodGroup API -> (served, when checked)
@@ -181,7 +195,15 @@ class SecondaryScheduler:
             self._create_jobs(admit)
         timings["admit"] = time.monotonic() - began
         timings["follow"] = time.monotonic() - began
-        bound = [f.result() for f in [self._pool.submit(self._bind, p, launch, n) for p, launch, n in binds]]
+        # one node's binds in order, one thread per node: the device plugin's Allocate matches the
+        # oldest pod bound to its node, so bind order must be the order of their bound-at stamps
+        per_node: dict[str, list[tuple[Obj, TaskLaunch, str]]] = {}
+        for item in binds:
+            per_node.setdefault(item[2], []).append(item)
+        futures = [
+            self._pool.submit(lambda b: [self._bind(*i) for i in b], batch) for batch in per_node.values()
+        ]
+        bound = [done for f in futures for done in f.result()]
         timings["bind"] = time.monotonic() - began
         # bookkeeping labels after every bind of the pass, not waited for: binding latency first
         for done in bound:
@@ -190,6 +212,8 @@ class SecondaryScheduler:
         if reports:
             apply_node_reports(self.db, reports)
         timings["report"] = time.monotonic() - began
+        alive = {p["metadata"]["uid"] for p in all_pods}
+        self._claims = {uid: task for uid, task in self._claims.items() if uid in alive}
         labels = {_ext_label(k) for k in by_key}
         orphans = [job.id for label, job in live.items() if label not in labels]
         if orphans:  # gangs whose pods are all gone: their jobs are cancelled (one transaction)
@@ -213,6 +237,9 @@ class SecondaryScheduler:
             if need is None and spelling in ("coscheduling", "volcano"):
                 need = self._podgroup_min(spelling, namespace, group)
             resources = resources_of(waiting[0])
+            priority = (waiting[0]["metadata"].get("annotations") or {}).get(names.PRIORITY, "50")
+            if not priority.isdigit() or not 0 <= int(priority) <= 1000:
+                raise GangError(f"{names.PRIORITY} takes an integer 0-1000, got {priority!r}")
         except (GangError, ValueError) as exc:
             if key not in self._complained:
                 self._complained.add(key)
@@ -287,7 +314,13 @@ class SecondaryScheduler:
                             notes.get(names.PROJECT),
                         )
                     continue
-                self._insert(tx, gang, resources, project, user, notes)
+                try:
+                    self._insert(tx, gang, resources, project, user, notes)
+                except ValueError as exc:  # the job its annotations describe is invalid (queue, ...)
+                    if gang.key not in self._complained:
+                        self._complained.add(gang.key)
+                        log.warning("pods of gang %s cannot be scheduled by Tessera: %s", gang.key, exc)
+                    continue
                 made.append(gang)
         for gang in made:
             log.info("gang %s (%d pods, min %d) queued", gang.key, len(gang.pods), gang.min_available)
@@ -368,16 +401,29 @@ class SecondaryScheduler:
                 ):
                     self._delete(pod)
             return
+        # a pod belongs to the task its binding named; unbound pods take the tasks still without one
+        by_task: dict[str, Obj] = {}
+        free: list[Obj] = []
+        for pod in ordered:
+            task = (pod["metadata"].get("annotations") or {}).get(names.TASK)
+            if task:
+                by_task[task] = pod
+            elif not pod["spec"].get("nodeName"):
+                free.append(pod)
         for node in sorted({t.node for t in job.tasks if t.node}):
             for launch in launches_for(job, node):
-                if launch.index >= len(ordered):
+                task = str(launch.task_id)
+                mine = by_task.get(task) or next(
+                    (p for p in free if self._claims.get(p["metadata"]["uid"]) == task), None
+                )
+                if mine is None:  # no pod yet: the first unclaimed one waiting becomes this task's
+                    spare = next((p for p in free if p["metadata"]["uid"] not in self._claims), None)
+                    if spare is not None:
+                        self._claims[spare["metadata"]["uid"]] = task
+                        binds.append((spare, launch, node))
                     continue
-                pod = ordered[launch.index]
+                pod = mine
                 sig = f"{pod['metadata']['uid']}/{launch.attempt}"
-                if sig not in self._bound and not pod["spec"].get("nodeName"):
-                    self._bound.add(sig)
-                    binds.append((pod, launch, node))
-                    continue
                 report = pods.task_report(pod, launch.task_id, launch.attempt)
                 if report is None or not pod["spec"].get("nodeName"):
                     continue
@@ -391,6 +437,7 @@ class SecondaryScheduler:
         (its job, task and attempt: for log lookups and for finding a preempted job's pods)."""
         meta = pod["metadata"]
         notes = {
+            names.TASK: str(launch.task_id),  # which task this pod is, written with the bind itself
             names.BINDING: pods.binding_annotation(node, launch),
             names.ALLOCATION: names.ALLOCATING if launch.slices else names.ALLOCATED,
             names.BOUND_AT: f"{utcnow().timestamp():.6f}",
@@ -407,7 +454,7 @@ class SecondaryScheduler:
         except KubeError as exc:
             if exc.conflict and "already assigned" in exc.message:
                 return pod, labels
-            self._bound.discard(f"{meta['uid']}/{launch.attempt}")  # the next pass tries again
+            self._claims.pop(meta["uid"], None)  # the next pass tries again
             log.warning("cannot bind pod %s/%s: %s", meta["namespace"], meta["name"], exc)
             return None
 

@@ -244,6 +244,10 @@ class Backends:
         async def handle(request: web.Request) -> web.StreamResponse:
             if request.path == "/ready":
                 return await fn(replica, request)
+            if replica.killed:  # arrived while the crash was under way: it dies with the replica
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("the replica was killed")
             replica.events.append(("request", request.headers.get("X-Request-Id")))
             replica.requests.append(
                 {

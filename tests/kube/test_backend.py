@@ -103,7 +103,8 @@ def test_a_gang_runs_as_pods_bound_through_the_binding_api(
         assert binding["env"]["CUDA_VISIBLE_DEVICES"] == alloc["gpu_uuid"]
         assert meta["annotations"]["tessera.io/allocation"] == "allocating"
         container = spec["containers"][0]
-        assert container["resources"]["limits"] == {"tessera.io/slice": "1"}
+        assert container["resources"]["limits"] == {"tessera.io/slice": "1", "memory": "1Gi"}
+        assert container["resources"]["requests"] == {"tessera.io/slice": "1", "cpu": "1", "memory": "1Gi"}
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["WORLD_SIZE"] == "3" and env["TESSERA_JOB_ID"] == job["id"]
         svc = f"gang-{uuid.UUID(job['id']).hex[:8]}.{namespace}.svc"
@@ -157,6 +158,11 @@ def test_cancel_deletes_pods_and_delete_removes_everything(
     assert plane.api("POST", f"/jobs/{job['id']}/cancel").status_code in (200, 202)
     wait("the cancelled job's pods to go", lambda: not plane.pods(job["id"]), 30)
     assert plane.job(job["id"])["status"]["state"] == "CANCELLED"
+    # the deleted pods' attempts are over: their slices stop counting (none left draining)
+    wait(
+        "the slices to be released",
+        lambda: not (j := plane.job(job["id"]))["draining"] and not j["allocations"],
+    )
     assert plane.api("DELETE", f"/jobs/{job['id']}").status_code in (200, 202, 204)
     assert k8s.kube is not None
     path = f"/api/v1/namespaces/{namespace}/configmaps"

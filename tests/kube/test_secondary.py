@@ -77,14 +77,23 @@ def _served(k8s: LocalCluster, path: str) -> bool:
         return False
 
 
-def _pod(namespace: str, name: str, labels: dict[str, str], notes: dict[str, str]) -> dict[str, Any]:
+def _pod(
+    namespace: str, name: str, labels: dict[str, str], notes: dict[str, str], slices: int = 1
+) -> dict[str, Any]:
+    limits = {"tessera.io/slice": str(slices)} if slices else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": notes},
         "spec": {
             "schedulerName": "tessera",
-            "containers": [{"name": "pytorch", "image": "kubeflow/pytorch-dist-mnist:latest"}],
+            "containers": [
+                {
+                    "name": "pytorch",
+                    "image": "kubeflow/pytorch-dist-mnist:latest",
+                    "resources": {"limits": limits},
+                }
+            ],
         },
     }
 
@@ -175,8 +184,11 @@ def test_volcano_and_single_pods_are_scheduled_too(
         _create(k8s, _pod(namespace, f"vc-{i}", {}, notes))
     # a KServe predictor: one pod, a slice by annotation, no gang
     _create(k8s, _pod(namespace, "predictor", {}, {"tessera.io/gpu-memory": "8192"}))
-    # malformed annotations: never bound, and nothing is queued for it
+    # malformed annotations, or a GPU pod that does not request Tessera's device (it would see every
+    # GPU of its node): never bound, and nothing is queued for them
     _create(k8s, _pod(namespace, "broken", {}, {"tessera.io/gpu-memory": "lots"}))
+    _create(k8s, _pod(namespace, "unplugged", {}, {"tessera.io/gpu-memory": "8Gi"}, slices=0))
+    _create(k8s, _pod(namespace, "rude", {}, {"tessera.io/gpus": "1", "tessera.io/priority": "high"}))
     for name in ("vc-0", "vc-1", "predictor"):
         wait(f"{name} bound", lambda n=name: _get(k8s, namespace, n)["spec"].get("nodeName"), 30)
     jobs = [j for j in _external_jobs(plane) if j["spec"]["labels"]["kubernetes.namespace"] == namespace]
@@ -184,4 +196,5 @@ def test_volcano_and_single_pods_are_scheduled_too(
     assert by_size == [1, 2]
     predictor = json.loads(_get(k8s, namespace, "predictor")["metadata"]["annotations"]["tessera.io/binding"])
     assert predictor["slices"][0]["memory_mib"] == 8192
-    assert not _get(k8s, namespace, "broken")["spec"].get("nodeName")
+    for name in ("broken", "unplugged", "rude"):
+        assert not _get(k8s, namespace, name)["spec"].get("nodeName")

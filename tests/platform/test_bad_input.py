@@ -30,6 +30,16 @@ def test_absurd_memory(api: Api, memory: object) -> None:
     assert "maximum" in r.json()["errors"][0]["message"]
 
 
+def test_tessera_labels_are_reserved(api: Api) -> None:
+    """tessera.io/ labels mark Tessera's own jobs (service replicas, pods others created): a user's
+    job may not pose as one."""
+    api.call("POST", "/api/v1/jobs", json=job_body("keep"))
+    r = api.call("POST", "/api/v1/jobs", json={**job_body("x"), "labels": {"tessera.io/external": "abc"}})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "labels", r.text
+    assert "tessera.io/" in r.json()["errors"][0]["message"]
+    only_job_is(api, "keep")
+
+
 def test_malformed_json_names_the_body(api: Api) -> None:
     r = api.call("POST", "/api/v1/jobs", content=b'{"name": ', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"

@@ -32,8 +32,22 @@ def namespace(settings: Settings, kube: Kube) -> str:
 
 
 async def run(db: Database, settings: Settings) -> None:
-    """Run the backend until cancelled: one pass per interval, sooner when a watched object changed."""
-    kube = await run_in_threadpool(connect, settings)
+    """Connect (retrying until the API server answers), then run the backend until cancelled."""
+    delay = 1.0
+    while True:
+        try:
+            kube = await run_in_threadpool(connect, settings)
+            await run_in_threadpool(kube.get, "/version")
+            break
+        except Exception as exc:  # no kubeconfig yet, API server down: say so, and try again
+            log.error("cannot reach the Kubernetes API server (retrying in %.0fs): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    await _serve(db, settings, kube)
+
+
+async def _serve(db: Database, settings: Settings, kube: Kube) -> None:
+    """One pass per interval, sooner when a watched object changed."""
     ns = namespace(settings, kube)
     backend = KubeBackend(
         db,
@@ -48,7 +62,10 @@ async def run(db: Database, settings: Settings) -> None:
         from tessera.kube.secondary import SecondaryScheduler
 
         secondary = SecondaryScheduler(db, kube, backend.changed).start()
-    await run_in_threadpool(publish_tokens, db, settings, kube, ns)
+    try:
+        await run_in_threadpool(publish_tokens, db, settings, kube, ns)
+    except Exception:  # the agents and gateways wait for their tokens; jobs need not
+        log.exception("cannot publish the node and gateway tokens")
     log.info("Kubernetes backend: pods in namespace %s at %s", ns, kube.config.server)
     try:
         while True:

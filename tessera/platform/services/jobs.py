@@ -323,6 +323,12 @@ def _insert(
             field="name",
         )
     spec = JobSpec.model_validate({**req.model_dump(mode="json"), "name": name, "queue": queue})
+    reserved = sorted(k for k in spec.labels if k.startswith("tessera.io/"))
+    if reserved:  # Tessera's own bookkeeping (services' replicas, pods others created) uses them
+        raise Invalid(
+            f"labels {reserved} use the reserved prefix tessera.io/; pick another prefix",
+            field="labels",
+        )
     if spec.kind == "serve":
         raise Invalid(
             "kind serve is what a service's replicas run as, made by the service itself; "
