@@ -47,7 +47,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install $(TRAIN_STAMP) test-deps
+bench: install $(TRAIN_STAMP) test-deps k8s-testenv
 	$(BIN)/python -m bench.api_submit
 	$(BIN)/python -m bench.execution
 	$(BIN)/python -m bench.scheduler
@@ -56,6 +56,7 @@ bench: install $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m bench.elastic
 	$(BIN)/python -m bench.datasets
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.k8s_scheduling
 	mkdir -p bench/results
 	$(BIN)/python -m bench.openb_grid --jobs 2 | tee bench/results/openb.md
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.kube.cluster import LocalCluster
@@ -202,6 +203,17 @@ def test_logs_come_through_the_pod_log_api(k8s: LocalCluster, namespace: str, pl
     assert r.text == "epoch 1 loss 0.91\nepoch 2 loss 0.55\n"
     r = plane.api("GET", f"/jobs/{job['id']}/logs", params={"tail": 1})
     assert r.text == "epoch 2 loss 0.55\n"
+    # followed: the stream stays open (the kubelet keeps following) and delivers what is there
+    headers = {"Authorization": f"Bearer {plane.token}"}
+    url = f"{plane.url}/api/v1/jobs/{job['id']}/logs"
+    with httpx.stream("GET", url, params={"follow": "true"}, headers=headers, timeout=30) as streamed:
+        assert streamed.status_code == 200
+        seen = b""
+        for chunk in streamed.iter_bytes():
+            seen += chunk
+            if seen.count(b"\n") >= 2:
+                break
+    assert seen == b"epoch 1 loss 0.91\nepoch 2 loss 0.55\n"
 
 
 def test_an_elastic_job_runs_as_a_ray_head_and_worker_pods(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
 
@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from tessera.api.common import Duration
+from tessera.kube.client import Kube, KubeConfig, KubeError
 from tessera.platform.auth import UserPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
 from tessera.platform.problems import ApiError, Unavailable
@@ -76,13 +77,24 @@ async def job_logs(
     return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")
 
 
+_KUBE_CONFIGS: dict[str | None, KubeConfig] = {}
+
+
+def _kube_config(settings: Settings) -> KubeConfig:
+    """One parsed kubeconfig per path for the process (embedded keys are written out once)."""
+    config = _KUBE_CONFIGS.get(settings.kubeconfig)
+    if config is None:
+        config = _KUBE_CONFIGS[settings.kubeconfig] = KubeConfig.load(settings.kubeconfig)
+    return config
+
+
 async def _pod_logs(
     settings: Settings, target: PodLogTarget, follow: bool, tail: int | None, since: timedelta | None
 ) -> StreamingResponse:
-    """A task's pod log through the API server (the kubelet serves it there)."""
-    from tessera.kube.client import Kube, KubeConfig, KubeError
-
-    kube = Kube(KubeConfig.load(settings.kubeconfig))
+    """A task's pod log through the API server (the kubelet serves it there), streamed without
+    holding a worker thread while the pod is quiet."""
+    config = _kube_config(settings)
+    kube = Kube(config)
     selector = f"tessera.io/task={target.task_id},tessera.io/attempt={target.attempt}"
     namespace = settings.kube_namespace or kube.namespace
     try:
@@ -90,36 +102,47 @@ async def _pod_logs(
         items = found.get("items") or []
         if not items:  # a pod others created, which Tessera scheduled (secondary scheduler)
             items = (await run_in_threadpool(kube.list, "/api/v1/pods", selector)).get("items") or []
-    except KubeError as exc:
-        kube.close()
+    except (KubeError, httpx.HTTPError) as exc:
         raise Unavailable(f"the Kubernetes API server refused the pod lookup: {exc}") from None
-    if not items:
+    finally:
         kube.close()
+    if not items:
         error = ApiError(f"the pod of task {target.task_id} (attempt {target.attempt}) is gone")
         error.status, error.title = 404, "Not Found"
         raise error
     meta = items[0]["metadata"]
-    container = items[0]["spec"]["containers"][0]["name"]
-    chunks = kube.pod_logs(
-        meta["namespace"],
-        meta["name"],
-        container,
-        follow=follow,
-        tail_lines=tail,
-        since_seconds=int(since.total_seconds()) if since is not None else None,
+    params: dict[str, str] = {"container": items[0]["spec"]["containers"][0]["name"]}
+    if follow:
+        params["follow"] = "true"
+    if tail is not None:
+        params["tailLines"] = str(tail)
+    if since is not None:
+        params["sinceSeconds"] = str(max(1, int(since.total_seconds())))
+    token = config.bearer()
+    client = httpx.AsyncClient(
+        base_url=config.server,
+        verify=config.ssl_context(),
+        timeout=httpx.Timeout(30, read=None),
+        headers={"Authorization": f"Bearer {token}"} if token else {},
     )
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
     try:
-        first = await run_in_threadpool(next, chunks, b"")
-    except KubeError as exc:
-        kube.close()
-        raise Unavailable(f"the pod log API answered {exc}") from None
+        upstream = await client.send(client.build_request("GET", path, params=params), stream=True)
+    except httpx.TransportError as exc:
+        await client.aclose()
+        raise Unavailable(f"the Kubernetes API server is unreachable: {exc}") from None
+    if upstream.status_code != 200:
+        body = (await upstream.aread()).decode(errors="replace")[:500]
+        await upstream.aclose()
+        await client.aclose()
+        raise Unavailable(f"the pod log API answered {upstream.status_code}: {body}")
 
-    def relay() -> Iterator[bytes]:
+    async def relay() -> AsyncIterator[bytes]:
         try:
-            if first:
-                yield first
-            yield from chunks
+            async for chunk in upstream.aiter_raw():
+                yield chunk
         finally:
-            kube.close()
+            await upstream.aclose()
+            await client.aclose()
 
     return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")
