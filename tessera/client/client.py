@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from tessera.api.admin import CheckReport
 from tessera.api.cluster import Node
 from tessera.api.common import Page
 from tessera.api.datasets import CreateDatasetRequest, DataLoad, Dataset, Secret
@@ -304,6 +305,10 @@ class Client:
 
     def list_projects(self) -> list[Project]:
         return self._list(Project, f"{API}/projects")
+
+    def admin_check(self) -> CheckReport:
+        """The store's invariants (admin token): over-commit, orphans, inconsistent states."""
+        return self._get(CheckReport, "/api/v1/admin/check")
 
     def list_nodes(self) -> list[Node]:
         return self._list(Node, f"{API}/nodes")

@@ -16,6 +16,7 @@ from tessera import __version__
 from tessera.platform import controllers, problems
 from tessera.platform.metrics import Metrics
 from tessera.platform.routers import (
+    admin,
     datasets,
     events,
     health,
@@ -136,7 +137,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     metrics.install(app)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving, session):
+    for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving, session, admin):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

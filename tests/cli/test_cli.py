@@ -201,6 +201,14 @@ def test_wrong_token_and_unreachable(server: Server) -> None:
     assert r.returncode == 1 and "cannot reach the control plane" in r.stderr
 
 
+def test_admin_check(server: Server) -> None:
+    r = server.run("admin", "check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("ok: ") and "every invariant holds" in r.stdout
+    r = server.run("admin", "check", "-o", "json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+
+
 def test_version(server: Server) -> None:
     r = server.run("version", "--server")
     assert r.returncode == 0 and "tessera 0.1.0" in r.stdout and server.url in r.stdout
