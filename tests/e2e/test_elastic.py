@@ -79,6 +79,12 @@ def test_elastic_job_grows_shrinks_and_finishes(cluster: LocalCluster, tmp_path:
     assert cluster.cli("cancel", "blocker").returncode == 0
     job = workers(cluster, "el", 2, 120)
     assert any(e["reason"] == "Resized" and "1 -> 2 workers" in e["message"] for e in events(cluster, job))
+    # training reports from both workers before the GPU is wanted back (a loaded machine can be slow)
+    wait_until(
+        lambda: any(e.event == "report" and e.workers == 2 for e in train_events(cluster, job)),
+        120,
+        what="a training report at 2 workers",
+    )
 
     # a new job needs a GPU: the extra worker is given back (drained as a preemption)
     cluster.submit("urgent", *SLEEPER, flags=("--gpus", "1"))
