@@ -37,6 +37,7 @@ from tessera.scheduler.model import Bind, SlicePlacement
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-6
+MAX_FREE_EVICTIONS = 3  # evictions requeued without spending a retry; later ones spend one
 # attempts that ended this way spend the job's retry budget (preemption and requeues do not)
 _FAILURES = frozenset(
     {
@@ -337,8 +338,14 @@ def _advance(tx: Tx, job: JobRow) -> None:
         # a task its node stopped (SliceOOM) says more than the exit codes its neighbours got after
         first = next((t for t in failed if t.reason), failed[0])
         what = f"task {first.group_name}-{first.index} exited with code {first.exit_code}"
-        if first.reason == TerminalReason.EVICTED.value:
-            # the node took the pod away (pressure, drain): requeue, spending no retry, as preemption
+        evictions = tx.session.execute(
+            select(func.count())
+            .select_from(AttemptRow)
+            .where(AttemptRow.job_id == job.id, AttemptRow.reason == TerminalReason.EVICTED.value)
+        ).scalar_one()
+        if first.reason == TerminalReason.EVICTED.value and evictions < MAX_FREE_EVICTIONS:
+            # the node took the pod away (pressure, drain): requeue, spending no retry, as preemption;
+            # past MAX_FREE_EVICTIONS an eviction is a failure like any other (no endless loop)
             apply_transition(
                 tx,
                 job,
@@ -434,6 +441,12 @@ def _fail_or_retry(
         .select_from(AttemptRow)
         .where(AttemptRow.job_id == job.id, AttemptRow.reason.in_(sorted(_FAILURES)))
     ).scalar_one()
+    evicted = tx.session.execute(
+        select(func.count())
+        .select_from(AttemptRow)
+        .where(AttemptRow.job_id == job.id, AttemptRow.reason == TerminalReason.EVICTED.value)
+    ).scalar_one()
+    spent += max(0, evicted - MAX_FREE_EVICTIONS)  # evictions past the free ones spend retries
     if spent < spec.retry.max_retries:
         left = spec.retry.max_retries - spent - 1
         apply_transition(
