@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tessera.kube.client import Kube, KubeConfig, KubeError
+from tests.e2e.cluster import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = Path(__file__).with_name("stages.yaml")
@@ -394,11 +395,4 @@ class LocalCluster:
         return self.kube.create("/api/v1/nodes", node)
 
     def wait_for(self, what: str, check: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = check()
-            if last:
-                return last
-            time.sleep(every)
-        raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        return wait_until(check, timeout, every, what)

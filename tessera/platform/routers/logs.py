@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -52,19 +52,35 @@ async def job_logs(
         timeout=httpx.Timeout(30, read=None),
         headers={"Authorization": f"Bearer {target.agent_secret}"},
     )
+
+    def refused(status: int, body: str) -> ApiError:
+        error = ApiError(f"node agent answered {status}: {body}")
+        error.status = 404 if status == 404 else 502
+        error.title = "Not Found" if status == 404 else "Bad Gateway"
+        return error
+
+    return await _relay(client, target.path, params, f"the node agent at {target.agent_url}", refused)
+
+
+async def _relay(
+    client: httpx.AsyncClient,
+    path: str,
+    params: dict[str, str],
+    where: str,
+    refused: Callable[[int, str], ApiError],
+) -> StreamingResponse:
+    """Stream ``path`` from ``client`` (a node agent or the API server) to the caller, closing both
+    when the caller goes; an upstream refusal becomes ``refused(status, body)``."""
     try:
-        upstream = await client.send(client.build_request("GET", target.path, params=params), stream=True)
+        upstream = await client.send(client.build_request("GET", path, params=params), stream=True)
     except httpx.TransportError as exc:
         await client.aclose()
-        raise Unavailable(f"the node agent at {target.agent_url} is unreachable: {exc}") from None
+        raise Unavailable(f"{where} is unreachable: {exc}") from None
     if upstream.status_code != 200:
         body = (await upstream.aread()).decode(errors="replace")[:500]
         await upstream.aclose()
         await client.aclose()
-        error = ApiError(f"node agent answered {upstream.status_code}: {body}")
-        error.status = 404 if upstream.status_code == 404 else 502
-        error.title = "Not Found" if upstream.status_code == 404 else "Bad Gateway"
-        raise error
+        raise refused(upstream.status_code, body)
 
     async def relay() -> AsyncIterator[bytes]:
         try:
@@ -126,23 +142,8 @@ async def _pod_logs(
         headers={"Authorization": f"Bearer {token}"} if token else {},
     )
     path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
-    try:
-        upstream = await client.send(client.build_request("GET", path, params=params), stream=True)
-    except httpx.TransportError as exc:
-        await client.aclose()
-        raise Unavailable(f"the Kubernetes API server is unreachable: {exc}") from None
-    if upstream.status_code != 200:
-        body = (await upstream.aread()).decode(errors="replace")[:500]
-        await upstream.aclose()
-        await client.aclose()
-        raise Unavailable(f"the pod log API answered {upstream.status_code}: {body}")
 
-    async def relay() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
-        finally:
-            await upstream.aclose()
-            await client.aclose()
+    def refused(status: int, body: str) -> ApiError:
+        return Unavailable(f"the pod log API answered {status}: {body}")
 
-    return StreamingResponse(relay(), media_type="text/plain; charset=utf-8")
+    return await _relay(client, path, params, "the Kubernetes API server", refused)
