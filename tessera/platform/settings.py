@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     )
     kube_interval: float = Field(default=0.2, gt=0, le=10, description="Seconds between pod syncs.")
 
+    # --- high availability: one leader runs the scheduler and controllers (a lease in the DB) ---
+    replica_name: str | None = Field(
+        default=None, description="This control-plane replica's name in the leader lease; default host-pid."
+    )
+    leader_lease_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="The leader lease's term; a dead leader is replaced after it."
+    )
+
+    # --- API fairness: per-user and per-project limits, a protected lane for agents and gateways ---
+    api_fairness: bool = Field(default=True, description="Enforce the API's rate and concurrency limits.")
+
     @field_validator("simulate_gpus")
     @classmethod
     def _simulate(cls, value: str | None) -> str | None:
