@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 
 from tessera import __version__
-from tessera.platform import controllers, problems
+from tessera.platform import controllers, fairness, problems
 from tessera.platform.metrics import Metrics
 from tessera.platform.routers import (
     admin,
@@ -103,7 +103,13 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
-        await asyncio.to_thread(migrate.upgrade, db.engine)
+        from tessera.platform.leader import LeaderCollector, migration_lock
+
+        def upgrade() -> None:
+            with migration_lock(db):  # replicas starting together take turns
+                migrate.upgrade(db.engine)
+
+        await asyncio.to_thread(upgrade)
         secret = await asyncio.to_thread(bootstrap, db)
         app.state.db = db
         app.state.metrics = metrics
@@ -115,7 +121,12 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
             await asyncio.to_thread(_local_agent, db, settings)
         if settings.start_gateway:
             asyncio.get_running_loop().run_in_executor(None, _local_gateway, db, settings)
-        tasks = controllers.start(db, settings, app.state.traffic) if run_controllers else []
+        # every replica serves the API; the one holding the leader lease also runs the controllers
+        app.state.leader = controllers.elect(db, settings, app.state.traffic, metrics.scheduler)
+        if not getattr(app.state, "leader_metrics", False):  # a registry takes a collector once
+            metrics.registry.register(LeaderCollector(lambda: app.state.leader))
+            app.state.leader_metrics = True
+        tasks = controllers.start(db, settings, leader=app.state.leader) if run_controllers else []
         try:
             yield
         finally:
@@ -136,6 +147,7 @@ def create_app(settings: Settings | None = None, *, run_controllers: bool = True
     metrics = Metrics(lambda: app.state.db, lambda: app.state.traffic)
     metrics.install(app)
     problems.install(app)
+    fairness.install(app, settings, metrics.registry)  # 429s for floods; agents keep their lane
     api = APIRouter(prefix=API_PREFIX)
     for module in (jobs, logs, queues, projects, users, nodes, events, datasets, serving, session, admin):
         api.include_router(module.router)

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
 
     # --- high availability: one leader runs the scheduler and controllers (a lease in the DB) ---
     replica_name: str | None = Field(
-        default=None, description="This control-plane replica's name in the leader lease; default host-pid."
+        default=None,
+        description="This control-plane replica's name in the leader lease (unique per replica); default "
+        "the host and a hash of home, so a restarted replica takes its lease back at once.",
     )
     leader_lease_seconds: float = Field(
         default=5.0, gt=0, le=300, description="The leader lease's term; a dead leader is replaced after it."
@@ -103,6 +105,46 @@ class Settings(BaseSettings):
 
     # --- API fairness: per-user and per-project limits, a protected lane for agents and gateways ---
     api_fairness: bool = Field(default=True, description="Enforce the API's rate and concurrency limits.")
+    # defaults sit far above what a person, the CLI or the web UI does; they bite on floods only
+    api_user_rate: float = Field(default=50, gt=0, description="Requests a second per user (refill).")
+    api_user_burst: int = Field(default=500, ge=1, description="Requests a user may make at once (bucket).")
+    api_user_concurrency: int = Field(default=8, ge=1, description="Requests of one user worked on at once.")
+    api_project_rate: float = Field(
+        default=200, gt=0, description="Requests a second per project, shared by all its members."
+    )
+    api_project_burst: int = Field(default=2000, ge=1, description="A project's bucket (burst).")
+    api_project_concurrency: int = Field(
+        default=16, ge=1, description="Requests worked on at once per project, all its members together."
+    )
+    api_anonymous_rate: float = Field(
+        default=20, gt=0, description="Requests a second per client address without a valid token."
+    )
+    api_anonymous_burst: int = Field(default=200, ge=1, description="Per client address (bucket).")
+    api_anonymous_concurrency: int = Field(default=4, ge=1, description="Per client address at once.")
+    api_user_lane_seats: int = Field(
+        default=24, ge=1, description="Requests worked on at once for all users together."
+    )
+    api_anonymous_lane_seats: int = Field(
+        default=8, ge=1, description="Requests worked on at once for all callers without a valid token."
+    )
+    api_admin_lane_seats: int = Field(
+        default=32, ge=1, description="Cluster admins' own seats (no rate limit: the operator is trusted)."
+    )
+    api_system_lane_seats: int = Field(
+        default=32, ge=1, description="Seats kept for node agents, gateways and metrics scrapers alone."
+    )
+    api_queue_length: int = Field(
+        default=128, ge=0, description="Requests of one caller that may wait for a seat; more get 429."
+    )
+    api_queue_wait: float = Field(
+        default=10, ge=0, description="Seconds a request may wait for a seat before it gets 429."
+    )
+    api_streams: int = Field(
+        default=32, ge=1, description="Open watches and followed logs per user or client address."
+    )
+    api_identity_cache_seconds: float = Field(
+        default=2, ge=0, le=30, description="How long a token's user and projects are cached by the limiter."
+    )
 
     @field_validator("simulate_gpus")
     @classmethod

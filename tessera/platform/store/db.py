@@ -6,13 +6,20 @@ transactions commit in revision order and a watcher reading the change log
 ``WHERE revision > last`` can never see revision N+1 before N is visible.
 On SQLite the transaction is ``BEGIN IMMEDIATE``, which serialises writers
 the same way.
+
+A write transaction may carry a fence: a check, run right after the revision bump
+(so under the writers' order), that the writer still holds the lease it acts
+under; if not, the transaction raises ``Fenced`` and changes nothing. Taking a
+lease over is itself a write transaction, so a fenced write of an old term either
+commits before the new term starts or is refused (tessera/platform/leader.py).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +33,13 @@ from tessera.platform.store.rows import ChangeRow, RevisionRow, Stored
 from tessera.platform.store.types import utcnow
 
 _WRITE = "tessera_write"
+
+Fence = Callable[[Session], bool]
+"""Whether a write transaction may go on: run inside it, after the revision bump."""
+
+
+class Fenced(Exception):
+    """A fenced write was refused: its writer no longer holds the lease it acted under."""
 
 
 def _is_sqlite(url: str) -> bool:
@@ -103,6 +117,14 @@ class Database:
         # SQLite's busy handler, which sleeps and polls (long tails under contention)
         self._sqlite_writer = threading.Lock() if self.is_sqlite else None
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._fence: Fence | None = None
+
+    def fenced(self, fence: Fence) -> Database:
+        """A view of this database (same engine and pool) whose write transactions are
+        refused with ``Fenced`` unless ``fence`` holds; reads are unchanged."""
+        view = copy.copy(self)
+        view._fence = fence
+        return view
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -112,7 +134,9 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
-        """A write transaction holding the next revision; commits on success."""
+        """A write transaction holding the next revision; commits on success.
+
+        On a fenced view, raises ``Fenced`` (nothing written) when the fence fails."""
         with self._writer_slot(), self._write() as session, session.begin():
             revision = session.execute(
                 update(RevisionRow)
@@ -120,7 +144,16 @@ class Database:
                 .values(revision=RevisionRow.revision + 1)
                 .returning(RevisionRow.revision)
             ).scalar_one()
+            if self._fence is not None and not self._fence(session):
+                raise Fenced("this replica no longer holds the lease it writes under")
             yield Tx(session=session, revision=revision)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction that takes no revision and logs no change: bookkeeping no
+        watcher follows (a lease's renewal). Serialised with other writers on SQLite only."""
+        with self._writer_slot(), self._write() as session, session.begin():
+            yield session
 
     @contextmanager
     def _writer_slot(self) -> Iterator[None]:

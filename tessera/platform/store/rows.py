@@ -81,6 +81,20 @@ class ChangeRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
+class LeaseRow(Base):
+    """A lease in the database (the control plane's leader lease): who holds it, in which
+    term (``epoch``, raised by each new acquisition), until when. Writes of a leader-only
+    controller are fenced on ``holder`` and ``epoch`` (store/db.py)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    epoch: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class UserRow(Stored):
     __tablename__ = "users"
 
