@@ -21,7 +21,17 @@ from tessera.api.common import Page
 from tessera.api.events import Event
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
 from tessera.api.serving import Service
-from tessera.client.client import API, ApiError, Unreachable, _problem, backoff, retry_after, submission
+from tessera.client.client import (
+    API,
+    RATE_LIMIT_RETRIES,
+    ApiError,
+    Unreachable,
+    _problem,
+    backoff,
+    refused_wait,
+    retry_after,
+    submission,
+)
 from tessera.client.config import ClientConfig, resolve
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,8 +44,10 @@ class AsyncClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
     ) -> None:
         self.config = config or resolve()
+        self.rate_limit_retries = rate_limit_retries
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         self._http = httpx.AsyncClient(
             base_url=self.config.url, headers=headers, timeout=timeout, transport=transport
@@ -51,10 +63,17 @@ class AsyncClient:
         await self.aclose()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the control plane at {self.config.url}: {exc}") from None
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise Unreachable(f"cannot reach the control plane at {self.config.url}: {exc}") from None
+            wait = refused_wait(response, attempt, self.rate_limit_retries)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)  # a 429 of an idempotent request: wait out its Retry-After
+            attempt += 1
         if response.status_code >= 400:
             raise ApiError(_problem(response))
         return response

@@ -26,7 +26,10 @@ from tessera.client.config import ClientConfig, resolve
 
 M = TypeVar("M", bound=BaseModel)
 API = "/api/v1"
-RETRIABLE = frozenset({429, 502, 503, 504})  # worth another try with the same idempotency key
+# worth another try with the same idempotency key; a 429 is waited out in request() (Retry-After)
+RETRIABLE = frozenset({502, 503, 504})
+RATE_LIMIT_RETRIES = 3  # 429s an idempotent request waits out before the caller sees one
+MAX_RETRY_AFTER = 30.0
 
 
 class ApiError(Exception):
@@ -55,8 +58,10 @@ class Client:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
     ) -> None:
         self.config = config or resolve()
+        self.rate_limit_retries = rate_limit_retries
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         self._http = httpx.Client(
             base_url=self.config.url, headers=headers, timeout=timeout, transport=transport
@@ -74,13 +79,20 @@ class Client:
     # plumbing ----------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(
-                f"cannot reach the control plane at {self.config.url}: {exc} "
-                "(is `tessera up` running? set TESSERA_URL to point elsewhere)"
-            ) from None
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise Unreachable(
+                    f"cannot reach the control plane at {self.config.url}: {exc} "
+                    "(is `tessera up` running? set TESSERA_URL to point elsewhere)"
+                ) from None
+            wait = refused_wait(response, attempt, self.rate_limit_retries)
+            if wait is None:
+                break
+            time.sleep(wait)
+            attempt += 1
         if response.status_code >= 400:
             raise ApiError(_problem(response))
         return response
@@ -374,6 +386,22 @@ def retry_after(exc: Exception, attempt: int, retries: int) -> bool:
     """Whether a failed submit is worth another try (the same key makes it safe)."""
     retriable = isinstance(exc, Unreachable) or (isinstance(exc, ApiError) and exc.status in RETRIABLE)
     return retriable and attempt < retries
+
+
+def refused_wait(response: httpx.Response, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before sending a refused (429) request again, as its Retry-After says
+    (capped); None when another try is not due: another status, the retries are spent, or the
+    request is not idempotent (only GET and HEAD are, and writes that carry an Idempotency-Key)."""
+    if response.status_code != 429 or attempt >= retries:
+        return None
+    request = response.request
+    if request.method not in ("GET", "HEAD") and "idempotency-key" not in request.headers:
+        return None
+    try:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:  # the HTTP-date form, which Tessera does not send
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def backoff(attempt: int) -> float:
