@@ -164,7 +164,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "tessera_gateway_rejected",
-            "Requests refused before routing (unknown service, bad token).",
+            "Requests answered before routing: unknown (404), unauthorized (401), and the 503s "
+            "not_synced (no route table yet) and no_revision (no revision takes traffic).",
             ("reason",),
             registry=self.registry,
         )

@@ -107,10 +107,11 @@ class Proxy:
         if route is None and self.router.synced:
             route = await self._fresh_route(name)
         if route is None:
-            self.metrics.rejected.labels("unknown").inc()
             if not self.router.synced:
+                self.metrics.rejected.labels("not_synced").inc()
                 await problem(send, 503, "the gateway has no route table yet; retry shortly", RETRY_AFTER)
             else:
+                self.metrics.rejected.labels("unknown").inc()
                 await problem(send, 404, f"no service named {name!r} at this gateway")
             return
 
@@ -156,6 +157,7 @@ class Proxy:
 
         rev = route.choose()
         if rev is None:
+            self.metrics.rejected.labels("no_revision").inc()
             await problem(send, 503, f"no revision of service {name!r} takes traffic", RETRY_AFTER)
             return
         request = _Request(scope, receive, send, _target(scope, path), headers)

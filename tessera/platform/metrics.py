@@ -1,17 +1,22 @@
-"""Prometheus metrics of one control-plane app (its own registry, no globals)."""
+"""Prometheus metrics of one control-plane app (its own registry, no globals): the golden
+signals of the API, the scheduling loop and the node agents (docs/slos.md), and gauges read
+from the store at scrape time."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from fastapi import FastAPI, Request, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as Scope_
 
 from tessera.api.cluster import NodeState
+from tessera.api.identity import Scope
 from tessera.api.usage import NodeUsage
 from tessera.platform.services.traffic import Traffic
 from tessera.platform.store.db import Database
@@ -27,6 +32,8 @@ from tessera.platform.store.rows import (
     ServiceRevisionRow,
     ServiceRow,
 )
+from tessera.platform.store.types import utcnow
+from tessera.scheduler.model import PendingJob
 
 _GPU = ["node", "gpu", "model"]
 _SLICE = ["node", "gpu", "slice", "job", "project", "task", "tier"]
@@ -42,15 +49,45 @@ class StoreCollector(Collector):
         jobs = GaugeMetricFamily("tessera_jobs", "Jobs by state.", labels=["state"])
         nodes = GaugeMetricFamily("tessera_nodes", "Nodes by state.", labels=["state"])
         revision = GaugeMetricFamily("tessera_store_revision", "Change-feed revision.")
-        with self.db().read() as session:
+        age = GaugeMetricFamily(
+            "tessera_node_heartbeat_age_seconds",
+            "Seconds since a node agent's last heartbeat reached the control plane.",
+            labels=["node", "state"],
+        )
+        db = self.db()
+        now = utcnow()
+        with db.read() as session:
             for state, count in session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)):
                 jobs.add_metric([state], count)
             for state, count in session.execute(select(NodeRow.state, func.count()).group_by(NodeRow.state)):
                 nodes.add_metric([state], count)
             revision.add_metric([], session.execute(select(RevisionRow.revision)).scalar_one())
-        yield jobs
-        yield nodes
-        yield revision
+            for name, state, seen in session.execute(
+                select(NodeRow.name, NodeRow.state, NodeRow.last_heartbeat_at)
+            ):
+                if seen is not None:
+                    age.add_metric([name, state], max((now - seen).total_seconds(), 0.0))
+        yield from (jobs, nodes, revision, age)
+        yield from _pool(db)
+
+
+def _pool(db: Database) -> Iterator[GaugeMetricFamily]:
+    """The connection pool's saturation; only pools that count connections (not SQLite's
+    single-connection pools) have these numbers."""
+    pool = db.engine.pool
+    checkedout, size = getattr(pool, "checkedout", None), getattr(pool, "size", None)
+    if callable(checkedout):
+        used = GaugeMetricFamily(
+            "tessera_db_pool_checked_out_connections", "Database connections in use (checked out)."
+        )
+        used.add_metric([], checkedout())
+        yield used
+    if callable(size):
+        total = GaugeMetricFamily(
+            "tessera_db_pool_size", "Connections the pool keeps (overflow may add as many again)."
+        )
+        total.add_metric([], size())
+        yield total
 
 
 class UsageCollector(Collector):
@@ -231,21 +268,197 @@ class ServingCollector(Collector):
         yield from families.values()
 
 
+# p50 and p99 from 5 ms to 10 s: SLO thresholds (0.5 s, 1 s) sit on bucket bounds, so a check
+# against them is exact rather than interpolated
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ADMIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def status_class(status: int) -> str:
+    """``404`` -> ``"4xx"``."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+def caller_of(principal: object) -> str:
+    """The caller class of an authenticated principal (a token's scopes say which agent it is);
+    ``anonymous`` when the request carried none it could use (open routes, 401s)."""
+    scopes = getattr(principal, "scopes", None)
+    if scopes is None:
+        return "anonymous"
+    for scope in (Scope.NODE, Scope.GATEWAY, Scope.METRICS):
+        if scope in scopes:
+            return scope.value
+    return "admin" if getattr(principal, "admin", False) else "user"
+
+
+class ApiMetrics:
+    """The API's golden signals: rate and errors (a counter by status class), latency (to the
+    response's first byte, so a watch counts the time to start streaming) and saturation."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "tessera_api_requests",
+            "API requests by route template, status class (2xx..5xx) and caller class.",
+            ["method", "route", "status_class", "caller"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tessera_api_request_duration_seconds",
+            "Time from a request's arrival to its response's first byte.",
+            ["method", "route", "caller"],
+            buckets=API_BUCKETS,
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "tessera_api_inflight_requests",
+            "Requests being worked on (no response started yet).",
+            registry=registry,
+        )
+        self.streaming = Gauge(
+            "tessera_api_open_responses",
+            "Responses started and not yet finished: mostly watches and followed logs.",
+            registry=registry,
+        )
+
+    def observe(self, scope: Scope_, root: str, status: int, seconds: float) -> None:
+        method = scope.get("method", "")
+        caller = caller_of(scope.get("state", {}).get("principal"))
+        route = _route(scope, root)
+        self.requests.labels(method, route, status_class(status), caller).inc()
+        self.duration.labels(method, route, caller).observe(seconds)
+
+
+def _route(scope: Scope_, root: str) -> str:
+    """The route template, never the raw path (bounded label values). FastAPI's matched route
+    may know only its path below its router's prefix: the prefix is what of the path precedes
+    the part the route matched (prefixes here are literal)."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if isinstance(template, str):
+        path: str = scope.get("path", "")
+        matched = template
+        for name, value in scope.get("path_params", {}).items():
+            matched = matched.replace("{" + name + "}", str(value))
+        if not path.endswith(matched):
+            return template
+        prefix = path[: len(path) - len(matched)]
+        return prefix.removeprefix(root) + template if prefix.startswith(root) else template
+    mounted = scope.get("root_path", "")
+    if mounted != root and mounted.startswith(root):  # a mount (the web UI's static files)
+        return mounted[len(root) :] + "/*"
+    return "unmatched"
+
+
+class ApiMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware buffering): observes every HTTP request."""
+
+    def __init__(self, app: ASGIApp, api: ApiMetrics) -> None:
+        self.app, self.api = app, api
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        root = scope.get("root_path", "")
+        scope.setdefault("state", {})  # the dict the auth dependency records the principal in
+        started = False
+
+        async def observed(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self.api.inflight.dec()
+                self.api.streaming.inc()
+                self.api.observe(scope, root, int(message["status"]), time.perf_counter() - start)
+            await send(message)
+
+        self.api.inflight.inc()
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            if started:
+                self.api.streaming.dec()
+            else:  # it raised before answering: the server's error middleware sends a 500
+                self.api.inflight.dec()
+                self.api.observe(scope, root, 500, time.perf_counter() - start)
+
+
+class SchedulerMetrics(Collector):
+    """The scheduling loop's golden signals; the loop calls these hooks, the registry scrapes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.cycle = Histogram(
+            "tessera_scheduler_cycle_seconds",
+            "A scheduling pass that ran a cycle: sync with the feed, decide, bind and write reasons.",
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.decide = Histogram(
+            "tessera_scheduler_decide_seconds",
+            "The scheduler's decisions alone (in memory, no database).",
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_admit = Histogram(
+            "tessera_scheduler_time_to_admit_seconds",
+            "From a job's submission to its first bind (requeued attempts are not counted).",
+            ["queue"],
+            buckets=ADMIT_BUCKETS,
+            registry=registry,
+        )
+        self.cycles = counter("tessera_scheduler_cycles", "Scheduling cycles run.")
+        self.failed_cycles = counter(
+            "tessera_scheduler_failed_cycles", "Scheduling passes that raised (retried next interval)."
+        )
+        self.binds = counter("tessera_scheduler_binds", "Jobs bound to slices.")
+        self.failed_binds = counter(
+            "tessera_scheduler_failed_binds",
+            "Binds not made: conflict (the job or capacity changed since the snapshot) or error.",
+            ("reason",),
+        )
+        self.evictions = counter("tessera_scheduler_evictions", "Jobs evicted (preempted or reclaimed).")
+        self.last_cycle = Gauge(
+            "tessera_scheduler_last_cycle_timestamp_seconds",
+            "When this process last ran a cycle (0: never; a standby never does).",
+            registry=registry,
+        )
+        self._pending: dict[str, int] = {}
+        registry.register(self)
+
+    def pending(self, jobs: Iterable[PendingJob]) -> None:
+        """The pending depth of a cycle's snapshot, by queue."""
+        depth: dict[str, int] = {}
+        for job in jobs:
+            depth[job.queue] = depth.get(job.queue, 0) + 1
+        self._pending = depth  # swapped whole: a scrape sees one cycle's numbers, never a mix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "tessera_scheduler_pending_jobs", "Pending jobs in the last cycle's snapshot.", labels=["queue"]
+        )
+        for queue, count in sorted(self._pending.items()):
+            gauge.add_metric([queue], count)
+        yield gauge
+
+
+def scheduler_metrics(registry: CollectorRegistry | None = None) -> SchedulerMetrics:
+    """Scheduler metrics on ``registry``; without one, on a private registry nobody scrapes."""
+    return SchedulerMetrics(registry or CollectorRegistry())
+
+
 class Metrics:
+    """One control plane's metrics: its own registry, the API middleware, the scheduler's hooks
+    (``metrics.scheduler``, passed to the SchedulingLoop) and collectors that read the store."""
+
     def __init__(self, db: Callable[[], Database], traffic: Callable[[], Traffic] | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "tessera_http_requests",
-            "HTTP requests.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "tessera_http_request_duration_seconds",
-            "HTTP request latency.",
-            ["method", "route"],
-            registry=self.registry,
-        )
+        self.api = ApiMetrics(self.registry)
+        self.scheduler = SchedulerMetrics(self.registry)
         self.registry.register(StoreCollector(db))
         self.registry.register(UsageCollector(db))
         self.registry.register(DatasetCollector(db))
@@ -253,12 +466,5 @@ class Metrics:
             self.registry.register(ServingCollector(db, traffic))
 
     def install(self, app: FastAPI) -> None:
-        @app.middleware("http")
-        async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            start = time.perf_counter()
-            response = await call_next(request)
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.requests.labels(request.method, path, str(response.status_code)).inc()
-            self.latency.labels(request.method, path).observe(time.perf_counter() - start)
-            return response
+        """Observe every request of ``app`` (call before it starts)."""
+        app.add_middleware(ApiMiddleware, api=self.api)

@@ -9,13 +9,15 @@ when the log was compacted past it.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from tessera.api.jobs import JobState, JobStatus, PendingReason
+from tessera.api.jobs import Job, JobState, JobStatus, PendingReason
 from tessera.platform.controllers.view import ClusterView, load_view
+from tessera.platform.metrics import SchedulerMetrics, scheduler_metrics
 from tessera.platform.services.common import put
 from tessera.platform.services.elastic import grant_slices, shrink_job
 from tessera.platform.services.execution import bind_job, evict_job
@@ -41,9 +43,14 @@ class SchedulingLoop:
     """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically)."""
 
     def __init__(
-        self, db: Database, scheduler: model.Scheduler | None = None, placement: str = "tessera"
+        self,
+        db: Database,
+        scheduler: model.Scheduler | None = None,
+        placement: str = "tessera",
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or scheduler_metrics()  # without one, recorded where nobody looks
         self.scheduler = scheduler or make("tessera")
         self.placement = placement  # the cluster's placement policy
         self.view = ClusterView(placement=placement)
@@ -74,17 +81,31 @@ class SchedulingLoop:
 
     def step(self, now: datetime | None = None) -> model.Decisions | None:
         """Sync, and run a cycle if anything changed since the last one."""
+        try:
+            return self._step(now)
+        except Exception:
+            self.metrics.failed_cycles.inc()
+            raise
+
+    def _step(self, now: datetime | None) -> model.Decisions | None:
+        start = time.perf_counter()
         self.sync()
         now = now or utcnow()
         if not self._dirty and (self._wake_at is None or now < self._wake_at):
             return None
         snapshot = self.view.snapshot(now)
+        decided = time.perf_counter()
         decisions = self.scheduler.cycle(snapshot)
+        self.metrics.decide.observe(time.perf_counter() - decided)
+        self.metrics.pending(snapshot.pending)
         self._apply(decisions)
         self._dirty = bool(decisions.binds or decisions.grants or decisions.shrinks)  # look again next time
         # nothing in the store changes when a backfill runs past its time, but a holder may then evict it
         ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
         self._wake_at = min(ends, default=None)
+        self.metrics.cycles.inc()
+        self.metrics.cycle.observe(time.perf_counter() - start)
+        self.metrics.last_cycle.set_to_current_time()
         return decisions
 
     def _apply(self, decisions: model.Decisions) -> None:
@@ -94,7 +115,9 @@ class SchedulingLoop:
                 continue
             try:
                 with self.db.write() as tx:
-                    evict_job(tx, eviction.job_id, job.version, eviction.reason, eviction.message)
+                    evicted = evict_job(tx, eviction.job_id, job.version, eviction.reason, eviction.message)
+                if evicted:
+                    self.metrics.evictions.inc()
             except Exception:
                 log.exception("eviction of job %s failed", eviction.job_id)
             self._dirty = True
@@ -128,6 +151,7 @@ class SchedulingLoop:
     def _bind(self, binds: tuple[model.Bind, ...]) -> None:
         """All of a cycle's binds in one transaction (one revision), each in its own savepoint,
         so one refused bind never undoes the others."""
+        bound_jobs: list[Job] = []
         with self.db.write() as tx:
             for bind in binds:
                 job = self.view.jobs.get(bind.job_id)
@@ -138,9 +162,21 @@ class SchedulingLoop:
                         bound = bind_job(tx, bind.job_id, job.version, bind)
                 except Exception:
                     log.exception("bind of job %s failed", bind.job_id)
-                    bound = False
-                if not bound:
+                    self.metrics.failed_binds.labels("error").inc()
                     self._dirty = True
+                    continue
+                if bound:
+                    bound_jobs.append(job)
+                else:
+                    self.metrics.failed_binds.labels("conflict").inc()
+                    self._dirty = True
+        # counted once committed; a requeued attempt's wait would include its earlier run
+        now = utcnow()
+        for job in bound_jobs:
+            self.metrics.binds.inc()
+            if job.status.attempt == 0:
+                wait = (now - job.status.submitted_at).total_seconds()
+                self.metrics.time_to_admit.labels(job.queue).observe(max(wait, 0.0))
 
     def _write_reasons(self, reasons: dict[uuid.UUID, PendingReason]) -> None:
         with self.db.write() as tx:
