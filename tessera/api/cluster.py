@@ -38,6 +38,14 @@ class Gpu(Model):
     simulated: bool = False
 
 
+class NodeCondition(Model):
+    """Something wrong with a node that it still runs with, as its agent reports it."""
+
+    type: str = Field(max_length=63, description="e.g. LogDiskFull: task output is being dropped.")
+    message: str = Field(default="", max_length=1000)
+    since: datetime | None = None
+
+
 class NodeInventory(Model):
     """What an agent reports about its machine."""
 
@@ -48,6 +56,9 @@ class NodeInventory(Model):
     cuda_version: str | None = None
     agent_version: str | None = None
     simulated: bool = False
+    conditions: list[NodeCondition] = Field(
+        default_factory=list, max_length=16, description="What is wrong with the node now; empty if nothing."
+    )
 
 
 class Node(Meta):

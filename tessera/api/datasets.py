@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from tessera.api.common import MemoryMiB, Meta, Model, Name
+from tessera.api.common import INT32_MAX, INT64_MAX, MemoryMiB, Meta, Model, Name
 
 SCHEMES = ("file", "s3", "http", "https", "gs", "gcs")
 SOURCE_FORM = "a URI like s3://bucket/prefix, https://host/path, gs://bucket/path or file:///data"
@@ -315,11 +315,11 @@ class CacheReport(Model):
     """What one node holds of one dataset, and how reads of it went (running totals)."""
 
     dataset_id: str
-    cached_bytes: int = Field(ge=0)
-    cached_files: int = Field(ge=0)
-    local_hits: int = Field(default=0, ge=0)
-    peer_hits: int = Field(default=0, ge=0)
-    source_reads: int = Field(default=0, ge=0)
+    cached_bytes: int = Field(ge=0, le=INT64_MAX)
+    cached_files: int = Field(ge=0, le=INT32_MAX)
+    local_hits: int = Field(default=0, ge=0, le=INT64_MAX)
+    peer_hits: int = Field(default=0, ge=0, le=INT64_MAX)
+    source_reads: int = Field(default=0, ge=0, le=INT64_MAX)
 
 
 class CacheReports(Model):

@@ -9,10 +9,12 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from tessera.api.common import Duration, Labels, Meta, Model, Name
+from tessera.api.common import INT32_MAX, Duration, Labels, Meta, Model, Name
 from tessera.api.queues import SlicePolicy
 from tessera.api.resources import Resources
 
+MAX_REPLICAS = 10_000
+"""The most tasks one group may have."""
 PRIORITY_CLASSES: dict[str, int] = {"low": 0, "normal": 100, "high": 1000}
 PRIORITY_FORM = "low, normal, high, or an integer in -1000000..1000000"
 SERVICE_LABEL = "tessera.io/service"
@@ -80,7 +82,7 @@ class TaskGroupSpec(Model):
     """A group of identical tasks, e.g. ``worker`` x 4 (rank 0 acts as torch master)."""
 
     name: Name = "worker"
-    replicas: int = Field(default=1, ge=1, le=10_000)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     min_available: int | None = Field(
         default=None, ge=1, description="Gang size: tasks placed together; defaults to replicas."
     )
@@ -325,9 +327,9 @@ class TaskReport(Model):
     """What a node agent reports about one task of one attempt (idempotent)."""
 
     task_id: uuid.UUID
-    attempt: int = Field(ge=0)
+    attempt: int = Field(ge=0, le=INT32_MAX)
     state: TaskState
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-INT32_MAX - 1, le=INT32_MAX)
     start_error: str | None = Field(default=None, max_length=1000)
     reason: TerminalReason | None = Field(
         default=None, description="Set when the node ended the task itself: SliceOOM or HostOOM."

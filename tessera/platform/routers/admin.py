@@ -8,9 +8,10 @@ from fastapi.concurrency import run_in_threadpool
 from tessera.api.admin import CheckReport
 from tessera.platform.auth import AdminPrincipal
 from tessera.platform.deps import DbDep
+from tessera.platform.routers.responses import COMMON
 from tessera.platform.services.admincheck import check_store
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=COMMON)
 
 
 @router.get("/check", response_model=CheckReport)

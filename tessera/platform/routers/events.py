@@ -15,11 +15,12 @@ from fastapi.responses import StreamingResponse
 from tessera.api.events import Event
 from tessera.platform.auth import UserPrincipal, WatchPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
+from tessera.platform.routers.responses import COMMON, problems
 from tessera.platform.services import events as service
 from tessera.platform.store.db import Database
 from tessera.platform.store.feed import Compacted, changes_after
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=COMMON)
 BOOKMARK_EVERY = 5.0
 MAX_REVISION = 2**63 - 1
 
@@ -55,7 +56,7 @@ async def list_events(
             "content": {"application/x-ndjson": {}},
             "description": "One JSON object per line: a change or a bookmark.",
         },
-        410: {"description": "The revision was compacted; list again."},
+        **problems(410),
     },
 )
 async def watch(

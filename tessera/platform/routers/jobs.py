@@ -13,16 +13,17 @@ from tessera.api.jobs import CancelJobRequest, Explanation, Job, JobState, Submi
 from tessera.api.usage import JobUsage
 from tessera.platform.auth import UserPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
+from tessera.platform.routers.responses import COMMON, CONFLICT, problems
 from tessera.platform.services import events as event_service
 from tessera.platform.services import jobs as service
 from tessera.platform.services import usage as usage_service
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
 
 ProjectQuery = Annotated[str, Query(description="Project of a job addressed by name.")]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Job)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Job, responses=CONFLICT)
 async def submit_job(
     req: SubmitJobRequest,
     db: DbDep,
@@ -103,7 +104,7 @@ async def job_usage(
     return await run_in_threadpool(usage_service.job_usage, db, caller, ref, project)
 
 
-@router.post("/{ref}/cancel", response_model=Job)
+@router.post("/{ref}/cancel", response_model=Job, responses={**CONFLICT, **problems(412)})
 async def cancel_job(
     ref: str,
     db: DbDep,
@@ -119,7 +120,7 @@ async def cancel_job(
     )
 
 
-@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT)
 async def delete_job(
     ref: str, db: DbDep, caller: UserPrincipal, project: ProjectQuery = "default"
 ) -> Response:

@@ -12,14 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from tessera.api.common import Duration
+from tessera.api.jobs import MAX_REPLICAS
 from tessera.kube.client import Kube, KubeConfig, KubeError
 from tessera.platform.auth import UserPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
 from tessera.platform.problems import ApiError, Unavailable
+from tessera.platform.routers.responses import COMMON
 from tessera.platform.services.logs import PodLogTarget, log_target
 from tessera.platform.settings import Settings
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=COMMON)
 
 
 @router.get(
@@ -32,7 +34,7 @@ async def job_logs(
     caller: UserPrincipal,
     project: str = "default",
     group: str | None = None,
-    index: Annotated[int, Query(ge=0, description="Task index within the group (-i).")] = 0,
+    index: Annotated[int, Query(ge=0, lt=MAX_REPLICAS, description="Task index within the group (-i).")] = 0,
     follow: bool = False,
     tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     since: Annotated[Duration | None, Query(description="Only output newer than this, e.g. 10m.")] = None,

@@ -22,11 +22,12 @@ from tessera.platform.auth import (
 )
 from tessera.platform.deps import DbDep
 from tessera.platform.problems import Forbidden
+from tessera.platform.routers.responses import COMMON, CONFLICT
 from tessera.platform.store.db import Database
 from tessera.platform.store.rows import TokenRow
 from tessera.platform.store.types import utcnow
 
-router = APIRouter(prefix="/session", tags=["session"])
+router = APIRouter(prefix="/session", tags=["session"], responses=COMMON)
 SESSION_TTL = timedelta(hours=12)
 
 
@@ -76,7 +77,7 @@ def _cookies(response: Response, request: Request, secret: str, max_age: int) ->
     )
 
 
-@router.post("", response_model=WebSession)
+@router.post("", response_model=WebSession, responses=CONFLICT)
 async def sign_in(req: SignIn, db: DbDep, request: Request, response: Response) -> WebSession:
     """Exchange a user token for a web session (cookies); the answer carries the CSRF token."""
     secret, info = await run_in_threadpool(_open, db, req.token)
@@ -97,7 +98,7 @@ def _token(db: Database, caller: Principal) -> TokenRow | None:
         return session.get(TokenRow, caller.token_id)
 
 
-@router.delete("", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT)
 async def sign_out(caller: UserPrincipal, db: DbDep) -> Response:
     """End the session: its token is revoked and the cookies cleared."""
 

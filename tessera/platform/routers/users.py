@@ -10,12 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from tessera.api.identity import CreatedToken, CreateTokenRequest, CreateUserRequest, Token, User
 from tessera.platform.auth import AdminPrincipal, UserPrincipal
 from tessera.platform.deps import DbDep
+from tessera.platform.routers.responses import COMMON, CONFLICT
 from tessera.platform.services import identity as service
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], responses=COMMON)
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=User)
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=User, responses=CONFLICT)
 async def create_user(req: CreateUserRequest, db: DbDep, _: AdminPrincipal) -> User:
     return await run_in_threadpool(service.create_user, db, req)
 
@@ -35,7 +36,7 @@ async def get_user(name: str, db: DbDep, _: AdminPrincipal) -> User:
     return await run_in_threadpool(service.get_user, db, name)
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=CreatedToken)
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=CreatedToken, responses=CONFLICT)
 async def create_token(req: CreateTokenRequest, db: DbDep, caller: UserPrincipal) -> CreatedToken:
     """Create a token; its secret is in this response only."""
     return await run_in_threadpool(service.create_token, db, caller, req)
@@ -46,6 +47,6 @@ async def list_tokens(db: DbDep, caller: UserPrincipal, user: str | None = None)
     return await run_in_threadpool(service.list_tokens, db, caller, user)
 
 
-@router.post("/tokens/{token_id}/revoke", response_model=Token)
+@router.post("/tokens/{token_id}/revoke", response_model=Token, responses=CONFLICT)
 async def revoke_token(token_id: uuid.UUID, db: DbDep, caller: UserPrincipal) -> Token:
     return await run_in_threadpool(service.revoke_token, db, caller, token_id)

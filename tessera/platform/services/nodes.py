@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tessera.api.cluster import Node, NodeInventory, NodeState, RegisterNodeRequest
+from tessera.api.cluster import Node, NodeCondition, NodeInventory, NodeState, RegisterNodeRequest
+from tessera.api.events import EventType
 from tessera.api.jobs import Job
 from tessera.api.usage import NodeUsage
 from tessera.platform.auth import Principal
@@ -35,6 +36,8 @@ def register_node(db: Database, req: RegisterNodeRequest, caller: Principal | No
         joined = row is None
         if row is None:
             row = NodeRow(name=req.name)
+        before = _registration(row)
+        old_conditions = {c["type"]: c for c in (row.inventory or {}).get("conditions", [])}
         if caller is not None and not caller.admin and row.agent_user_id is None:
             row.agent_user_id = caller.user_id
         row.labels = dict(req.labels)
@@ -45,15 +48,44 @@ def register_node(db: Database, req: RegisterNodeRequest, caller: Principal | No
         row.agent_secret = req.agent_secret
         node = put(tx, "node", row, convert.node)
         gpus = len(req.inventory.gpus)
-        emit(
-            tx,
-            kind="node",
-            object_id=row.id,
-            object_name=row.name,
-            reason="Joined" if joined else "Registered",
-            message=f"{gpus} GPU(s){' (simulated)' if req.inventory.simulated else ''}",
-        )
+        new_conditions = {c.type for c in req.inventory.conditions}
+        only_conditions = _registration(row) == before and new_conditions != set(old_conditions)
+        if joined or not only_conditions:  # an agent telling of a condition is no registration
+            emit(
+                tx,
+                kind="node",
+                object_id=row.id,
+                object_name=row.name,
+                reason="Joined" if joined else "Registered",
+                message=f"{gpus} GPU(s){' (simulated)' if req.inventory.simulated else ''}",
+            )
+        _condition_events(tx, row, old_conditions, req.inventory.conditions)
         return node
+
+
+def _registration(row: NodeRow) -> tuple[object, ...]:
+    """What a registration says about a node, but for its conditions."""
+    inventory = {k: v for k, v in (row.inventory or {}).items() if k != "conditions"}
+    return (row.labels, inventory, row.agent_url, row.agent_secret, row.state)
+
+
+def _condition_events(
+    tx: Tx, row: NodeRow, old: dict[str, dict[str, object]], new: list[NodeCondition]
+) -> None:
+    """A Warning event when a condition appears (e.g. LogDiskFull), a Normal one when it clears."""
+    for condition in new:
+        if condition.type not in old:
+            emit(
+                tx,
+                kind="node",
+                object_id=row.id,
+                object_name=row.name,
+                reason=condition.type,
+                message=condition.message,
+                type=EventType.WARNING,
+            )
+    for gone in sorted(set(old) - {c.type for c in new}):
+        emit(tx, kind="node", object_id=row.id, object_name=row.name, reason=f"{gone}Cleared", message="")
 
 
 def heartbeat(db: Database, name: str, usage: NodeUsage | None = None) -> Node:
