@@ -32,6 +32,13 @@ def node(
             help="Task state, logs and the assignment cache. With --kubernetes: default $TESSERA_HOME."
         ),
     ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where task logs go, e.g. a disk of their own (default: beside each task's state). "
+            "When it is full, tasks keep running, their output is dropped and the node says LogDiskFull."
+        ),
+    ] = None,
     url: Annotated[str | None, typer.Option(envvar="TESSERA_URL", help="Control-plane URL.")] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding a node-scope token.")] = None,
     simulate_gpus: Annotated[
@@ -168,6 +175,7 @@ def node(
         cache_capacity_bytes=capacity,
         labels=_pairs(label or [], "--label"),
         advertise_host=advertise_host,
+        log_dir=log_dir,
     )
     if kubernetes:
         from tessera.node.kube import KubeAgent, KubeOptions

@@ -124,7 +124,14 @@ def up(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         tessera_log.addHandler(handler)
         tessera_log.setLevel(logging.INFO)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # open watches and log follows never end by themselves: give them 5 s, not `tessera down`'s grace
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command("gateway")

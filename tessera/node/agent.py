@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -30,9 +29,8 @@ from typing import IO, Any
 
 import httpx
 
-from tessera.api.cluster import NodeInventory
+from tessera.api.cluster import NodeCondition, NodeInventory
 from tessera.api.events import EventType
-from tessera.api.jobs import TaskState
 from tessera.api.usage import NodeEvent
 from tessera.datacache.stream import stream_token
 from tessera.gpushare.device import DeviceBackend
@@ -41,10 +39,12 @@ from tessera.jobs.elastic import events as train_events
 from tessera.jobs.launch import TaskLaunch, launches_for
 from tessera.node import logs, shim
 from tessera.node.datasets import DataManager
-from tessera.node.enforcement import NodeEnforcement, node_ended
+from tessera.node.enforcement import NodeEnforcement
 from tessera.node.feed import AssignmentFeed
 from tessera.node.launchenv import task_env
+from tessera.node.logdisk import LogDisk
 from tessera.node.procs import is_alive
+from tessera.node.taskreport import FINAL, TaskDir, kill_orphan, task_report
 
 log = logging.getLogger(__name__)
 LAUNCH_TIMEOUT = 60.0  # seconds a task dir may lack a state file before it counts as a failed start
@@ -74,20 +74,7 @@ class AgentConfig:
     enforcement: EnforcerConfig = field(default_factory=EnforcerConfig)
     cache_capacity_bytes: int | None = None  # the dataset cache's size (None: no limit of its own)
     advertise_host: str | None = None  # the host in the URL it registers (default: listen_host)
-
-
-@dataclass
-class TaskDir:
-    """One task attempt on disk: jobs/<job_id>/<task_id>-a<attempt>/."""
-
-    job_id: uuid.UUID
-    task_id: uuid.UUID
-    attempt: int
-    path: Path
-
-    @property
-    def key(self) -> str:
-        return f"{self.task_id}-a{self.attempt}"
+    log_dir: Path | None = None  # where task logs go, e.g. their own disk (default: the task dirs)
 
 
 class Agent:
@@ -95,6 +82,9 @@ class Agent:
         self.config = config
         self.state_dir = config.state_dir
         self.jobs_dir = self.state_dir / "jobs"
+        self.log_root = config.log_dir or self.jobs_dir
+        self.log_disk = LogDisk(self.log_root)
+        self._conditions: list[str] = []  # the condition types the control plane was last told
         self.stop_event = threading.Event()
         self.changed = threading.Event()
         self.secret = secrets.token_urlsafe(32)
@@ -124,6 +114,8 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self.jobs_dir.mkdir(exist_ok=True, mode=0o700)
+        if self.config.log_dir is not None:
+            self.config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         handle = (self.state_dir / f"agent-{self.config.name}.lock").open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -202,6 +194,8 @@ class Agent:
                     registered = False
                     continue
                 r.raise_for_status()
+                if self._condition_types() != self._conditions:
+                    self._register(resend=False)  # a condition came or went: say so now
             except httpx.HTTPError as exc:
                 log.info("heartbeat failed: %s", exc)
                 registered = registered and not isinstance(exc, httpx.HTTPStatusError)
@@ -219,18 +213,30 @@ class Agent:
         """The node's labels, for node selectors."""
         return self.config.labels
 
-    def _register(self) -> None:
+    def _conditions_now(self) -> list[NodeCondition]:
+        log_disk = self.log_disk.condition()
+        return [log_disk] if log_disk is not None else []
+
+    def _condition_types(self) -> list[str]:
+        return [c.type for c in self._conditions_now()]
+
+    def _register(self, resend: bool = True) -> None:
+        """Register (or refresh) the node; with ``resend``, report every task again afterwards."""
+        conditions = self._conditions_now()
+        inventory = self.config.inventory.model_copy(update={"conditions": conditions})
         body = {
             "name": self.config.name,
             "labels": self._labels(),
-            "inventory": self.config.inventory.model_dump(mode="json"),
+            "inventory": inventory.model_dump(mode="json"),
             "agent_url": self.url,
             "agent_secret": self.secret,
         }
         self.http.post("/api/v1/nodes", json=body).raise_for_status()
-        self.reported.clear()  # a (re)registered node re-sends everything it knows
-        self.final.clear()
-        self.changed.set()
+        self._conditions = [c.type for c in conditions]
+        if resend:
+            self.reported.clear()  # a (re)registered node re-sends everything it knows
+            self.final.clear()
+            self.changed.set()
 
     # reconcile -----------------------------------------------------------------------------
 
@@ -322,10 +328,11 @@ class Agent:
             shim.stop(task_dir.path)
             self.stopping.add(key)
         if running:
-            logs.note_size(task_dir.path)
+            logs.note_size(self.task_log_dir(task_dir.job_id, key))
+        self.log_disk.observe(key, state.log_dropped_bytes, state.log_error, running)
         if not alive and state.exit_code is None:
-            _kill_orphan(state)
-        return _report(task_dir, state, alive)
+            kill_orphan(state)
+        return task_report(task_dir, state, alive)
 
     def _launch(self, launch: TaskLaunch) -> None:
         task_dir = self.jobs_dir / str(launch.job_id) / launch.key
@@ -336,6 +343,11 @@ class Agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
             env.update(launch.env)
             task_dir.mkdir(parents=True, exist_ok=True)
+            log_dir = self.task_log_dir(launch.job_id, launch.key)
+            try:
+                log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:  # its disk full: the shim drops the output and the task runs
+                log.warning("cannot make the log directory %s: %s", log_dir, exc)
             if "TESSERA_ELASTIC" in launch.env:
                 env["TESSERA_ELASTIC_EVENTS"] = str(task_dir / train_events.FILE)
             env.update(task_env(launch, self.config.device, self.enforcement.enforcer, task_dir, env))
@@ -358,6 +370,7 @@ class Agent:
                 grace_seconds=self.config.grace_seconds,
                 # an elastic job's node drains itself from its Ray cluster before it stops its raylet
                 term_main_only="TESSERA_ELASTIC" in launch.env,
+                output=log_dir / shim.OUTPUT_LOG,
             )
         except Exception as exc:
             log.exception("could not launch %s", launch.key)
@@ -476,7 +489,7 @@ class Agent:
             return r.status_code
         for key, body in batch:
             self.reported[key] = (body["state"], body["exit_code"])
-            if body["state"] in _FINAL:
+            if body["state"] in FINAL:
                 self.final.add(key)
         return 200
 
@@ -491,6 +504,8 @@ class Agent:
             if state is not None and is_alive(state.shim_pid, state.shim_start_time):
                 continue  # stopped above; removed once it has exited
             shutil.rmtree(task_dir.path, ignore_errors=True)
+            if self.config.log_dir is not None:
+                _remove_with_empty_parent(self.task_log_dir(task_dir.job_id, task_dir.key))
             self.reported.pop(task_dir.key, None)
             self.stopping.discard(task_dir.key)
             self.final.discard(task_dir.key)
@@ -501,62 +516,17 @@ class Agent:
     def task_path(self, job_id: uuid.UUID, key: str) -> Path:
         return self.jobs_dir / str(job_id) / key
 
+    def task_log_dir(self, job_id: uuid.UUID, key: str) -> Path:
+        """Where a task attempt's output.log (and its time index) is: its task dir unless --log-dir."""
+        return self.log_root / str(job_id) / key
 
-_FINAL = frozenset({TaskState.SUCCEEDED.value, TaskState.FAILED.value})
 
-
-def _kill_orphan(state: shim.ShimState) -> None:
-    """The shim died without recording an exit: kill its task if it still runs (pid + start time)."""
-    if state.pid is None or state.pid_start_time is None or not is_alive(state.pid, state.pid_start_time):
-        return
-    log.warning("shim of task pid %s is gone; killing the orphaned task group", state.pid)
+def _remove_with_empty_parent(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
     try:
-        os.killpg(state.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        path.parent.rmdir()  # the job's directory, once its last task's logs are gone
+    except OSError:
         pass
-
-
-def _report(task_dir: TaskDir, state: shim.ShimState | None, alive: bool) -> dict[str, Any] | None:
-    if state is None:
-        return None
-    body = _shim_report(task_dir, state, alive)
-    if body is None or (body["state"] != TaskState.FAILED.value and body["exit_code"] is None):
-        return body  # still running (or starting): nothing to say about how it ended
-    ended = node_ended(task_dir.path)
-    if ended is not None:  # the node stopped it: that is the reason, whatever status it exited with
-        body.update(
-            state=TaskState.FAILED.value, reason=ended["reason"], message=str(ended["message"])[:1000]
-        )
-    return body
-
-
-def _shim_report(task_dir: TaskDir, state: shim.ShimState, alive: bool) -> dict[str, Any] | None:
-    started = _iso(state.started_at)
-    finished = _iso(state.finished_at)
-    body: dict[str, Any] = {
-        "task_id": str(task_dir.task_id),
-        "attempt": task_dir.attempt,
-        "exit_code": state.exit_code,
-        "start_error": state.start_error,
-        "started_at": started,
-        "finished_at": finished,
-    }
-    if state.exit_code is not None:
-        body["state"] = (TaskState.SUCCEEDED if state.exit_code == 0 else TaskState.FAILED).value
-    elif alive and state.pid is not None:
-        body["state"] = TaskState.RUNNING.value
-    elif alive:
-        return None  # still starting
-    else:
-        # the shim died without recording an exit (killed -9 itself): the outcome is unknown
-        body.update(
-            state=TaskState.FAILED.value, exit_code=-1, start_error=None, finished_at=_iso(time.time())
-        )
-    return body
-
-
-def _iso(stamp: float | None) -> str | None:
-    return datetime.fromtimestamp(stamp, UTC).isoformat() if stamp else None
 
 
 def _check_master_port(env: dict[str, str]) -> None:

@@ -22,8 +22,11 @@ def note_size(task_dir: Path, now: float | None = None) -> None:
     last = _last_offset(index)
     if last is not None and last >= size:
         return
-    with index.open("a") as fh:
-        fh.write(f"{now or time.time():.3f} {size}\n")
+    try:
+        with index.open("a") as fh:
+            fh.write(f"{now or time.time():.3f} {size}\n")
+    except OSError:
+        pass  # its disk is full: `since` is coarser for this stretch, and nothing else is lost
 
 
 def _last_offset(index: Path) -> int | None:
@@ -35,7 +38,10 @@ def _last_offset(index: Path) -> int | None:
             lines = fh.read().splitlines()
     except FileNotFoundError:
         return None
-    return int(lines[-1].split()[1]) if lines else None
+    try:
+        return int(lines[-1].split()[1]) if lines else None
+    except (IndexError, ValueError):
+        return None  # a line torn by a full disk: the next entry repairs the index
 
 
 def offset_since(task_dir: Path, since: float) -> int:
@@ -47,10 +53,13 @@ def offset_since(task_dir: Path, since: float) -> int:
     try:
         with (task_dir / INDEX).open() as fh:
             for line in fh:
-                stamp, size = line.split()
-                if float(stamp) >= since:
+                try:
+                    stamp, size = float(line.split()[0]), int(line.split()[1])
+                except (IndexError, ValueError):
+                    continue  # torn by a full disk
+                if stamp >= since:
                     break
-                start = int(size)
+                start = size
     except FileNotFoundError:
         return 0
     return start

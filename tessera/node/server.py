@@ -49,10 +49,11 @@ def build_app(agent: Agent) -> FastAPI:
         task_dir = agent.task_path(job_id, key)
         if key != task_dir.name or not task_dir.is_dir():
             raise HTTPException(404, f"no logs for task {key} of job {job_id} on this node")
-        path = task_dir / "output.log"
+        log_dir = agent.task_log_dir(job_id, key)
+        path = log_dir / shim.OUTPUT_LOG
         start = 0
         if since is not None:
-            start = logs.offset_since(task_dir, time.time() - since)
+            start = logs.offset_since(log_dir, time.time() - since)
         if tail is not None and path.exists():
             start = max(start, logs.offset_tail(path, tail))
 

@@ -1,17 +1,19 @@
 """The per-task shim: a tiny supervisor that outlives the node agent.
 
 One shim runs per task. It is detached from the agent (own session, reparented away from the agent by a
-double fork), is the task's parent and a child subreaper, owns the task's process group, points the
-task's stdout/stderr straight at ``output.log`` and records pid, start time and exit status atomically in
-``state.json`` in the task directory. The agent can die and restart at any time: the shim keeps running,
-the exit status is written to disk, and the agent re-adopts the shim by (pid, process start time) so that
-a reused pid is never mistaken for it.
+double fork), is the task's parent and a child subreaper, owns the task's process group, relays the task's
+stdout/stderr from a pipe into ``output.log`` and records pid, start time and exit status atomically in
+``state.json`` in the task directory. The log may live on another disk (the agent's ``--log-dir``):
+when that disk is full the shim drops output (and counts it) instead of failing or blocking the task,
+and writes again, after a line saying what was dropped, once there is space. The agent can die and
+restart at any time: the shim keeps running, the exit status is written to disk, and the agent
+re-adopts the shim by (pid, process start time) so that a reused pid is never mistaken for it.
 
 Task directory layout::
 
     spec.json    argv, env, cwd of the task (written by `launch`)
     state.json   ShimState, replaced atomically on every change
-    output.log   the task's stdout+stderr, written by the task itself
+    output.log   the task's stdout+stderr, relayed by the shim (or where spec.json's "output" says)
     shim.log     the shim's own diagnostics
 
 Command line (what `launch` runs)::
@@ -38,6 +40,7 @@ from typing import Any
 
 from tessera.gpushare.signals import signal_process
 from tessera.node.procs import descendants, is_alive, proc_start_time, set_child_subreaper
+from tessera.node.relay import LogRelay
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class ShimState:
     finished_at: float | None = None
     start_error: str | None = None
     signal: int | None = None
+    log_dropped_bytes: int = 0  # task output lost because the log could not be written (disk full)
+    log_error: str | None = None  # why it is being dropped now; None once writing works again
 
 
 _STATE_FIELDS = {f.name for f in dataclasses.fields(ShimState)}
@@ -124,6 +129,7 @@ def launch(
     cwd: str | None = None,
     grace_seconds: float = 10,
     term_main_only: bool = False,
+    output: Path | None = None,
 ) -> ShimState:
     """Start a detached shim running `argv` and return its state once the task has started (or failed to).
 
@@ -135,7 +141,8 @@ def launch(
     RuntimeError if a live shim already owns `task_dir` or if the shim dies without recording anything.
     With `term_main_only`, a stop SIGTERMs the main process alone (as Kubernetes signals a container's
     PID 1), for tasks that stop their own children in order; whatever is left when it exits, or when
-    the grace period ends, is terminated as usual.
+    the grace period ends, is terminated as usual. `output` is the log file (default
+    ``task_dir/output.log``).
     """
     if not argv:
         raise ValueError("argv must not be empty")
@@ -146,7 +153,13 @@ def launch(
         raise RuntimeError(f"a shim (pid {old.shim_pid}) is still running in {task_dir}")
     # A stale state.json from an earlier run would otherwise be mistaken for the new shim's.
     (task_dir / STATE_FILE).unlink(missing_ok=True)
-    spec = {"argv": list(argv), "env": dict(env), "cwd": cwd, "term_main_only": term_main_only}
+    spec = {
+        "argv": list(argv),
+        "env": dict(env),
+        "cwd": cwd,
+        "term_main_only": term_main_only,
+        "output": str(output) if output is not None else None,
+    }
     _write_json_atomic(task_dir / SPEC_FILE, spec)
 
     cmd = [
@@ -230,8 +243,13 @@ class _Supervisor:
         cwd: str | None,
         grace: float,
         term_main_only: bool = False,
+        output: Path | None = None,
     ) -> None:
         self.term_main_only = term_main_only
+        self.relay = LogRelay(output or task_dir / OUTPUT_LOG)
+        self._saved_log: tuple[int, str | None] = (0, None)
+        self._log_saved_at = 0.0
+        self._unsaved = False
         self.task_dir = task_dir
         self.argv = argv
         self.env = env
@@ -265,29 +283,54 @@ class _Supervisor:
             signal.signal(sig, self._on_signal)
         return rfd
 
-    def _save(self) -> None:
-        write_state(self.task_dir, self.state)
+    def _save(self, final: bool = False) -> None:
+        """Record the state. A failure (its disk full) is retried on the next pass, and the final
+        state (the exit status, which must never be lost) until it is written."""
+        self.state.log_dropped_bytes = self.relay.dropped
+        self.state.log_error = self.relay.error
+        while True:
+            try:
+                write_state(self.task_dir, self.state)
+            except OSError as exc:
+                log.warning("cannot record the task's state yet: %s", exc)
+                self._unsaved = True
+                if not final:
+                    return
+                time.sleep(1)
+                continue
+            self._unsaved = False
+            self._saved_log = (self.relay.dropped, self.relay.error)
+            self._log_saved_at = time.monotonic()
+            return
+
+    def _save_log_news(self) -> None:
+        """Record dropped output (at most once a second), and retry a state that failed to save."""
+        news = (self.relay.dropped, self.relay.error) != self._saved_log
+        if self._unsaved or (news and time.monotonic() - self._log_saved_at >= 1.0):
+            self._save()
 
     def _start_task(self) -> bool:
         """Start the task; on failure record the start error and return False."""
-        with open(self.task_dir / OUTPUT_LOG, "ab") as out:
-            try:
-                proc = subprocess.Popen(
-                    self.argv,
-                    env=self.env,
-                    cwd=self.cwd,
-                    stdin=subprocess.DEVNULL,
-                    # The task writes its output straight into the file: nothing passes through the shim.
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    close_fds=True,
-                    process_group=0,
-                )
-            except OSError as e:
-                self.state.exit_code, self.state.start_error = self._start_error(e)
-                self.state.finished_at = time.time()
-                self._save()
-                return False
+        try:
+            proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                # through the relay: a full log disk must neither fail nor block the task's writes
+                stdout=self.relay.write_fd,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                process_group=0,
+            )
+        except OSError as e:
+            self.relay.close()
+            self.state.exit_code, self.state.start_error = self._start_error(e)
+            self.state.finished_at = time.time()
+            self._save(final=True)
+            return False
+        finally:
+            self.relay.task_started()
         self.main_pid = proc.pid
         # We reap with os.waitpid(-1) ourselves. Marking the Popen as finished stops subprocess from ever
         # calling waitpid on this pid (e.g. from __del__), which could steal the task's exit status.
@@ -400,14 +443,20 @@ class _Supervisor:
                 # Waiting for descendants that are not our children (nothing signals their death) or
                 # for killed processes to disappear: poll briefly.
                 timeout = min(timeout, 0.05)
+            if self.relay.pump():
+                timeout = 0  # more output is waiting: copy it before sleeping
+            self._save_log_news()
+            readers = [wakeup] if self.relay.eof else [wakeup, self.relay.read_fd]
             try:
-                select.select([wakeup], [], [], timeout)
+                select.select(readers, [], [], timeout)
                 while os.read(wakeup, 4096):
                     pass
             except BlockingIOError:
                 pass
 
         self._reap()
+        self.relay.drain()  # every writer is gone: what is left in the pipe is the task's last words
+        self.relay.close()
         status = self.main_status
         assert status is not None
         if os.WIFSIGNALED(status):
@@ -416,7 +465,7 @@ class _Supervisor:
         else:
             self.state.exit_code = os.waitstatus_to_exitcode(status)
         self.state.finished_at = time.time()
-        self._save()
+        self._save(final=True)
         return 0
 
 
@@ -466,7 +515,8 @@ def main(args: list[str] | None = None) -> int:
     )
     try:
         term_main_only = bool(spec.get("term_main_only", False))
-        return _Supervisor(task_dir, argv, env, cwd, ns.grace, term_main_only).run()
+        output = Path(spec["output"]) if spec.get("output") else None
+        return _Supervisor(task_dir, argv, env, cwd, ns.grace, term_main_only, output).run()
     except Exception:
         log.exception("shim failed")
         return 1

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DisconnectionError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -138,6 +138,15 @@ def install(app: FastAPI) -> None:
         # e.g. a NUL character, which PostgreSQL cannot store in text; nothing was written
         detail = "a value cannot be stored (text must not contain NUL characters; numbers must fit)"
         return problem_response(Problem(title="Unprocessable Content", status=422, detail=detail))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DisconnectionError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # the database is unreachable (stopped, restarting, failing over) or busy: a retry is the
+        # answer (a submission with its Idempotency-Key); the pool reconnects once it is back
+        detail = "the database is unavailable; retry shortly"
+        problem = Problem(title="Service Unavailable", status=503, detail=detail)
+        return problem_response(problem, {"Retry-After": "1"})
 
     @app.exception_handler(StaleDataError)
     async def _stale(_: Request, exc: StaleDataError) -> JSONResponse:

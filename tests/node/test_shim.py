@@ -412,3 +412,13 @@ def test_large_output_does_not_go_through_shim_memory(shims: Shims) -> None:
     log = task / "output.log"
     assert log.stat().st_size == size
     log.unlink()  # do not keep 200 MB in pytest's retained tmp dirs
+
+
+def test_task_with_a_full_log_disk_runs_to_its_exit_status(shims: Shims) -> None:
+    code = "import sys\nfor i in range(2000): print('x' * 100, flush=True)\nsys.exit(4)"
+    full = Path("/dev/full")  # ENOSPC on every write, as a full disk
+    task_dir = shims.launch([sys.executable, "-c", code], output=full)
+    state = shims.finished(task_dir, timeout=60)
+    assert state.exit_code == 4  # print() never failed: the task ran to its own end
+    assert state.log_dropped_bytes == 2000 * 101
+    assert state.log_error is not None and "full" in state.log_error

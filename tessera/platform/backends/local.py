@@ -143,6 +143,9 @@ def start_agent(settings: Settings, url: str, token_file: Path) -> None:
         url,
         "--token-file",
         str(token_file),
+        # a few beats per timeout, so a short timeout never marks a live node NotReady
+        "--heartbeat",
+        f"{min(5.0, settings.node_heartbeat_timeout / 4):g}",
     ]
     if settings.simulate_gpus:
         argv += ["--simulate-gpus", settings.simulate_gpus]
