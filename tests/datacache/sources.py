@@ -17,12 +17,17 @@ S3_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 @contextmanager
 def s3_server() -> Iterator[str]:
-    """moto's S3 in server mode on a free loopback port; yields its endpoint URL."""
+    """moto's S3 in server mode on a free loopback port, empty; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its buckets in process-wide state that outlives a server: start each one empty,
+    # or a bucket another test on this worker filled shows through
+    import httpx
+
+    httpx.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
