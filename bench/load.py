@@ -11,7 +11,9 @@ short the answer is lost; timeouts, connection errors, 5xx and 429 (after its Re
 retried with the same key. Afterwards the database and the list API are checked: every key that
 was answered maps to exactly one stored job, the same one every answer named; nothing else stored.
 
-Run: ``.venv/bin/python -m bench.load [--clients 50] [--submissions 20000] [--db both] [--quick]``.
+Run: ``.venv/bin/python -m bench.load [--clients 50] [--submissions 20000] [--rate R] [--db both] [--quick]``.
+With ``--rate`` the load is open: submissions are offered at R per second (the SLOs hold at a
+stated load); without it each client sends its next one as soon as it is answered (saturation).
 Prints markdown tables and writes ``bench/results/load.json`` and ``bench/results/load.md``.
 """
 
@@ -102,6 +104,7 @@ def run_table(results: list[LoadResult]) -> str:
             str(r.clients),
             str(r.users),
             str(r.submissions),
+            f"{r.offered:g}" if r.offered else "closed loop",
             f"{r.wall_s:.1f}",
             f"{r.verification.keys_accepted / r.wall_s:.1f}" if r.wall_s else "-",
             f"{r.server_cpu_pct:.0f}",
@@ -114,6 +117,7 @@ def run_table(results: list[LoadResult]) -> str:
         "clients",
         "users",
         "submissions",
+        "offered (jobs/s)",
         "wall (s)",
         "jobs/s",
         "server CPU %",
@@ -236,6 +240,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the leader lease's term (TESSERA_LEADER_LEASE_SECONDS); default the server's",
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered submissions per second, open loop (default: closed loop, as fast as answered)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"small: {QUICK['clients']} clients, {QUICK['submissions']} jobs"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where load.json and load.md go")
@@ -244,13 +254,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.submissions = QUICK["clients"], QUICK["submissions"]
     if args.clients < 1 or args.submissions < 1 or args.users < 1:
         parser.error("--clients, --submissions and --users must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be a positive number of submissions per second")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = LoadConfig(
-        clients=args.clients, submissions=args.submissions, users=min(args.users, args.clients)
+        clients=args.clients,
+        submissions=args.submissions,
+        users=min(args.users, args.clients),
+        rate=args.rate,
     )
     databases = DATABASES if args.db == "both" else (args.db,)
     fairness = {"on": (True,), "off": (False,), "both": (True, False)}[args.fairness]

@@ -72,6 +72,9 @@ class LoadConfig:
     faults: Faults = field(default_factory=Faults)
     mix: Mix = field(default_factory=Mix)
     seed: int = 12
+    # offered submissions per second (open loop: submission i is due at i / rate, whoever is free
+    # sends it; late ones go at once); None: closed loop, each client sends its next one at once
+    rate: float | None = None
 
 
 @dataclass
@@ -178,6 +181,7 @@ class LoadResult:
     server_cpu_pct: float
     client_cpu_pct: float
     slos: list[SLOResult] = field(default_factory=list)
+    offered: float | None = None  # the offered rate (submissions/s); None: closed loop
 
     def percentile_ms(self, op: str, q: float) -> float:
         """Nearest-rank percentile of an operation's answered (2xx) requests, in milliseconds."""
@@ -200,6 +204,7 @@ class LoadResult:
             "clients": self.clients,
             "submissions": self.submissions,
             "users": self.users,
+            "offered_per_s": self.offered,
             "wall_s": round(self.wall_s, 2),
             "server_cpu_pct": round(self.server_cpu_pct, 1),
             "client_cpu_pct": round(self.client_cpu_pct, 1),
@@ -484,6 +489,10 @@ async def _drive(
 
         async def work(s: Submitter, indices: range) -> None:
             for index in indices:
+                if config.rate:
+                    due = start + index / config.rate - time.perf_counter()
+                    if due > 0:
+                        await asyncio.sleep(due)
                 await s.one(tally, ledger, index)
 
         start = time.perf_counter()
@@ -624,4 +633,5 @@ def run_load(
         server_cpu_pct=server_cpu,
         client_cpu_pct=client_cpu,
         slos=evaluate(after, baseline=before),
+        offered=config.rate,
     )

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     scheduler: str = Field(default="tessera", description="Scheduler: tessera or firstfit.")
     scheduler_interval: float = Field(default=0.3, gt=0, le=60, description="Seconds between cycles.")
+    scheduler_max_busy: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Most of the wall time scheduling cycles may take: after a cycle of t seconds the "
+        "next waits t * (1 / max_busy - 1), so a deep backlog cannot starve the API sharing the process.",
+    )
     placement: str = Field(
         default="tessera", description="Cluster-wide placement policy; queues may set their own."
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tessera.platform.controllers.pending import reconcile_pending
 from tessera.platform.controllers.scheduling import SchedulingLoop
 from tests.conftest import Api, job_body
@@ -97,6 +99,55 @@ def test_feasibility_once_a_node_has_joined(api: Api) -> None:
     loop.step()
     loop.step()
     assert api.db.current_revision() == revision  # nothing changed: no writes at all
+
+
+def test_the_loops_own_reason_writes_do_not_wake_it(api: Api) -> None:
+    api.call("POST", "/api/v1/nodes", token=api.user("agent", role=None, scopes=["node"]), json={
+        "name": "n1", "inventory": {"gpus": [A100], "cpu": 8, "memory": "32Gi", "simulated": True},
+    })  # fmt: skip
+    for name in ("a", "b"):  # gangs larger than the cluster: accepted, they wait
+        body = job_body(name, gpus=1)
+        body["groups"][0]["replicas"] = 2
+        assert api.call("POST", "/api/v1/jobs", json=body).status_code == 201
+    loop = SchedulingLoop(api.db)
+    assert loop.step() is not None  # a cycle: both wait, and it writes their reasons
+    reasons = {
+        j["name"]: j["status"]["pending_reason"]["code"]
+        for j in api.call("GET", "/api/v1/jobs").json()["items"]
+    }
+    assert reasons == {"a": "GangTooLarge", "b": "GangTooLarge"}, reasons
+    assert loop.step() is None  # only its own reasons came back: no second cycle
+    assert api.call("POST", "/api/v1/jobs", json=job_body("c")).status_code == 201
+    assert loop.step() is not None  # a new job does wake it
+
+
+def test_a_long_cycle_is_followed_by_rest_in_proportion(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessera.platform.controllers import scheduling
+    from tessera.scheduler.model import Decisions, Snapshot
+
+    clock = {"now": 1000.0}
+
+    class Clock:  # the loop's perf_counter: each cycle takes 1 s of it
+        @staticmethod
+        def perf_counter() -> float:
+            return clock["now"]
+
+    class Slow:
+        name = "slow"
+
+        def cycle(self, snapshot: Snapshot) -> Decisions:
+            clock["now"] += 1.0
+            return Decisions(binds=(), pending={})
+
+    monkeypatch.setattr(scheduling, "time", Clock)
+    loop = SchedulingLoop(api.db, Slow(), max_busy=0.25)  # 1 s of cycle, then 3 s of rest
+    assert loop.step() is not None
+    for name, after, runs in (("a", 1.0, False), ("b", 1.9, False), ("c", 3.1, True), ("d", 1.0, False)):
+        assert api.call("POST", "/api/v1/jobs", json=job_body(name)).status_code == 201
+        clock["now"] += after
+        assert (loop.step() is not None) == runs, (name, clock["now"])
+    clock["now"] += 2.1  # rested: what changed meanwhile (job d) is scheduled now
+    assert loop.step() is not None
 
 
 def test_deadline_fails_a_pending_job(api: Api) -> None:

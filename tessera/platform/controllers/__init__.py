@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from tessera.platform.controllers.compaction import compact_change_log
 from tessera.platform.controllers.datasets import list_sources, prewarm_for_jobs, scheduled_loads
+from tessera.platform.controllers.jobindex import JobIndex
 from tessera.platform.controllers.nodes import reconcile_nodes
 from tessera.platform.controllers.pending import reconcile_pending
 from tessera.platform.controllers.scheduling import SchedulingLoop
@@ -68,8 +69,11 @@ def leader_loops(
 ) -> list[asyncio.Task[None]]:
     """Start one term's controller loops over ``db`` (the term's fenced view); a fresh
     scheduling loop lists the store anew, so it sees every write of earlier terms."""
-    scheduling = SchedulingLoop(db, make(settings.scheduler), settings.placement, scheduler_metrics)
+    scheduling = SchedulingLoop(
+        db, make(settings.scheduler), settings.placement, scheduler_metrics, settings.scheduler_max_busy
+    )
     serving = ServingLoop(db, traffic)
+    jobs = JobIndex(db)
     timeout = timedelta(seconds=settings.node_heartbeat_timeout)
     started = utcnow()
     tasks = []
@@ -82,10 +86,11 @@ def leader_loops(
         asyncio.create_task(
             _loop("nodes", 2.0, lambda: reconcile_nodes(db, timeout, watching_since=started))
         ),
-        asyncio.create_task(_loop("deadlines", 2.0, lambda: reconcile_pending(db))),
+        # deadlines and prewarm share one index of live jobs, kept from the change feed
         asyncio.create_task(
-            _loop("datasets", 1.0, lambda: (list_sources(db), prewarm_for_jobs(db), scheduled_loads(db)))
+            _loop("live-jobs", 1.0, lambda: (reconcile_pending(db, index=jobs), prewarm_for_jobs(db, jobs)))
         ),
+        asyncio.create_task(_loop("datasets", 1.0, lambda: (list_sources(db), scheduled_loads(db)))),
         asyncio.create_task(_loop("serving", settings.autoscale_interval, serving.step)),
         asyncio.create_task(
             _loop("compaction", 30.0, lambda: compact_change_log(db, settings.change_log_retention))

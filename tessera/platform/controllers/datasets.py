@@ -9,14 +9,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from tessera.api.datasets import DatasetPhase, DatasetSpec, DatasetStatus, LoadTrigger
-from tessera.api.jobs import JobState
 from tessera.datacache.source import LIST_TIMEOUT_S, Source, SourceError
+from tessera.platform.controllers.jobindex import JobIndex
 from tessera.platform.problems import Conflict, Invalid
 from tessera.platform.services.datasets import LIVE_LOADS, record_listing, secret_values, start_load
 from tessera.platform.store.db import Database
-from tessera.platform.store.rows import DataLoadRow, DatasetRow, JobRow, ProjectRow
+from tessera.platform.store.rows import DataLoadRow, DatasetRow, ProjectRow
 from tessera.platform.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -53,26 +54,40 @@ def list_sources(db: Database, timeout: float = LIST_TIMEOUT_S) -> int:
     return settled
 
 
-def prewarm_for_jobs(db: Database) -> int:
-    """Start a load (trigger ``job``) of every dataset a pending job requires that no node holds yet."""
-    with db.read() as session:
-        wanted: set[uuid.UUID] = set()
-        pending = select(JobRow.spec).where(JobRow.state == JobState.PENDING.value)
-        for (spec,) in session.execute(pending).all():
-            for mount in spec.get("data") or []:
-                if mount.get("locality") == "required" and mount.get("dataset_id"):
-                    wanted.add(uuid.UUID(mount["dataset_id"]))
+def _not_cached(session: Session, datasets: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``datasets`` that are listed, held by no node and not being loaded."""
+    loading = select(DataLoadRow.dataset_id).where(
+        DataLoadRow.dataset_id.in_(datasets), DataLoadRow.state.in_(LIVE_LOADS)
+    )
+    busy = set(session.execute(loading).scalars())
+    phases = session.execute(select(DatasetRow.id, DatasetRow.status).where(DatasetRow.id.in_(datasets)))
+    return {
+        dataset_id
+        for dataset_id, status in phases
+        if dataset_id not in busy and DatasetStatus.model_validate(status).phase is DatasetPhase.NOT_CACHED
+    }
+
+
+def prewarm_for_jobs(db: Database, index: JobIndex | None = None) -> int:
+    """Start a load (trigger ``job``) of every dataset a pending job requires that no node holds yet.
+
+    ``index`` is the term's job index (kept from the change feed); without one, a fresh one
+    lists the live jobs."""
+    index = index or JobIndex(db)
+    index.sync()
+    wanted = index.wanted()
+    if not wanted:
+        return 0
+    with db.read() as session:  # most passes find every wanted dataset loading or held: no write
+        wanted = _not_cached(session, wanted)
     if not wanted:
         return 0
     started = 0
     with db.write() as tx:
-        for dataset_id in sorted(wanted):
+        for dataset_id in sorted(_not_cached(tx.session, wanted)):
             row = tx.session.get(DatasetRow, dataset_id)
             if row is None:
                 continue
-            status = DatasetStatus.model_validate(row.status)
-            if status.phase is not DatasetPhase.NOT_CACHED:
-                continue  # listed not yet, loading, ready or failed: nothing to start
             project = tx.session.get(ProjectRow, row.project_id)
             try:
                 start_load(tx, row, project.name if project else "?", [], LoadTrigger.JOB)

@@ -40,7 +40,11 @@ def _both_preempting(old: PendingReason | None, new: PendingReason) -> bool:
 
 
 class SchedulingLoop:
-    """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically)."""
+    """One scheduler, one view; ``step()`` is one cycle (the leader calls it periodically).
+
+    A cycle's cost grows with the pending jobs; ``max_busy`` caps the share of wall time cycles
+    take (a cycle of t seconds is followed by t * (1 / max_busy - 1) of rest), so under a deep
+    backlog the scheduler slows down rather than the API it shares the interpreter with."""
 
     def __init__(
         self,
@@ -48,8 +52,11 @@ class SchedulingLoop:
         scheduler: model.Scheduler | None = None,
         placement: str = "tessera",
         metrics: SchedulerMetrics | None = None,
+        max_busy: float = 1.0,
     ) -> None:
         self.db = db
+        self.max_busy = max_busy  # the share of wall time cycles may take (1: back to back)
+        self._rest_until = 0.0  # perf_counter time before which no cycle starts
         self.metrics = metrics or scheduler_metrics()  # without one, recorded where nobody looks
         self.scheduler = scheduler or make("tessera")
         self.placement = placement  # the cluster's placement policy
@@ -69,9 +76,8 @@ class SchedulingLoop:
             except Compacted:
                 self._relist()
                 return
-            for change in changes:
-                self.view.apply(change)
-            self._dirty |= bool(changes)
+            relevant = [self.view.apply(change) for change in changes]  # every change folded in
+            self._dirty |= any(relevant)
             self.view.revision = resume
             if not changes:
                 return
@@ -93,6 +99,8 @@ class SchedulingLoop:
         now = now or utcnow()
         if not self._dirty and (self._wake_at is None or now < self._wake_at):
             return None
+        if start < self._rest_until:  # resting after a long cycle: what changed waits for the next
+            return None
         snapshot = self.view.snapshot(now)
         decided = time.perf_counter()
         decisions = self.scheduler.cycle(snapshot)
@@ -104,7 +112,9 @@ class SchedulingLoop:
         ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
         self._wake_at = min(ends, default=None)
         self.metrics.cycles.inc()
-        self.metrics.cycle.observe(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.metrics.cycle.observe(took)
+        self._rest_until = start + took / self.max_busy
         self.metrics.last_cycle.set_to_current_time()
         return decisions
 

@@ -72,14 +72,15 @@ class ClusterView:
     _stale: set[str] = field(default_factory=set)  # nodes whose usage or inventory changed
     _queue_states: tuple[model.QueueState, ...] | None = None
 
-    def apply(self, change: Change) -> None:
-        """Fold one change of the feed into the view."""
+    def apply(self, change: Change) -> bool:
+        """Fold one change of the feed into the view; False when the scheduler's input is as it was
+        (a job's new version that differs only in what the scheduler does not read, such as a
+        pending reason the loop itself wrote)."""
         if change.kind == "job":
             if change.op == "delete" or change.object is None:
-                self.remove_job(change.id)
-            else:
-                self.put_job(Job.model_validate(change.object))
-        elif change.kind == "dataset":
+                return self.remove_job(change.id)
+            return self.put_job(Job.model_validate(change.object))
+        if change.kind == "dataset":
             if change.op == "delete" or change.object is None:
                 self.datasets.pop(change.id, None)
             else:
@@ -101,28 +102,36 @@ class ClusterView:
                 node = Node.model_validate(change.object)
                 self.nodes[node.name] = node
                 self._stale.add(node.name)
+        return True
 
-    def put_job(self, job: Job) -> None:
-        """A job's new version: re-derive it and mark the nodes it held or holds."""
+    def put_job(self, job: Job) -> bool:
+        """A job's new version: re-derive it and mark the nodes it held or holds; returns whether
+        what the scheduler sees of it changed."""
         if job.status.state.terminal and not job.draining:
-            self.remove_job(job.id)
-            return
+            return self.remove_job(job.id)
+        before = self._derived.get(job.id)
+        self.jobs[job.id] = job  # binds are conditional on the version: always the latest
+        derived = _derive(job)
+        if derived == before:
+            return False
         self.remove_job(job.id)
         self.jobs[job.id] = job
-        derived = _derive(job)
         self._derived[job.id] = derived
         for name in derived.nodes:
             self._on_node[name].add(job.id)
             self._stale.add(name)
+        return True
 
-    def remove_job(self, job_id: uuid.UUID) -> None:
+    def remove_job(self, job_id: uuid.UUID) -> bool:
+        """Forget a job; returns whether the view held it."""
         self.jobs.pop(job_id, None)
         old = self._derived.pop(job_id, None)
         if old is None:
-            return
+            return False
         for name in old.nodes:
             self._on_node[name].discard(job_id)
             self._stale.add(name)
+        return True
 
     def snapshot(self, now: datetime) -> model.Snapshot:
         """The scheduler's input: cached pieces, with usage re-summed on changed nodes only."""
