@@ -159,6 +159,23 @@ def faults_table(results: list[LoadResult]) -> str:
     return table(header, rows)
 
 
+def nodes_table(results: list[LoadResult]) -> str:
+    rows = [
+        [
+            _name(r),
+            f"{r.job_seconds:g} s" if r.job_seconds else "never started",
+            str(r.nodes.started),
+            str(r.nodes.finished),
+            str(r.nodes.report_calls),
+            str(r.nodes.relists),
+            str(len(r.nodes.errors)),
+        ]
+        for r in results
+    ]
+    header = ["database", "jobs run for", "tasks started", "tasks finished", "reports", "re-lists", "errors"]
+    return table(header, rows)
+
+
 def exactly_once_table(results: list[LoadResult]) -> str:
     rows = []
     for r in results:
@@ -202,6 +219,8 @@ def report(results: list[LoadResult]) -> str:
         latency_table(results),
         "\n### Faults injected and met\n",
         faults_table(results),
+        "\n### The simulated nodes' agents\n",
+        nodes_table(results),
         "\n### Exactly once\n",
         exactly_once_table(results),
     ]
@@ -246,6 +265,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="offered submissions per second, open loop (default: closed loop, as fast as answered)",
     )
     parser.add_argument(
+        "--job-seconds",
+        type=float,
+        default=10.0,
+        help="how long stand-in agents run each bound job (default 10); 0: never, the backlog grows",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"small: {QUICK['clients']} clients, {QUICK['submissions']} jobs"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where load.json and load.md go")
@@ -254,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.submissions = QUICK["clients"], QUICK["submissions"]
     if args.clients < 1 or args.submissions < 1 or args.users < 1:
         parser.error("--clients, --submissions and --users must be at least 1")
+    if args.job_seconds < 0:
+        parser.error("--job-seconds must be 0 (never run) or more")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be a positive number of submissions per second")
     return args
@@ -266,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         submissions=args.submissions,
         users=min(args.users, args.clients),
         rate=args.rate,
+        job_seconds=args.job_seconds,
     )
     databases = DATABASES if args.db == "both" else (args.db,)
     fairness = {"on": (True,), "off": (False,), "both": (True, False)}[args.fairness]

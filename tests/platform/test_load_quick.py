@@ -1,6 +1,7 @@
 """The load test, small (``python -m bench.load --quick``): concurrent submitters that send some
 requests twice, at once or after a lost answer, and retry with the same Idempotency-Key, against a
-real control plane on each database. Every accepted key is stored as exactly one job."""
+real control plane on each database, while stand-in node agents run what is bound. Every accepted
+key is stored as exactly one job."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from bench.load import QUICK
 from bench.loadlib import LoadConfig, LoadResult, control_plane, run_load
 from tests.pg import PostgresServer
 
-CONFIG = LoadConfig(clients=QUICK["clients"], submissions=QUICK["submissions"], users=5, projects=3, nodes=2)
+CONFIG = LoadConfig(
+    clients=QUICK["clients"], submissions=QUICK["submissions"], users=5, projects=3, nodes=2, job_seconds=2.0
+)
 
 
 def _check(result: LoadResult) -> None:
@@ -28,6 +31,9 @@ def _check(result: LoadResult) -> None:
     assert v.exactly_once
     assert len(tally.latencies["submit"]) >= CONFIG.submissions
     assert {r.slo.name for r in result.slos} >= {"api-latency", "api-errors"}
+    # the stand-in agents ran bound jobs and ended them, so slices were freed and bound again
+    assert result.nodes.errors == [] and result.nodes.finished > 0, result.nodes
+    assert result.nodes.started >= result.nodes.finished
 
 
 def test_quick_load_is_exactly_once_on_sqlite() -> None:

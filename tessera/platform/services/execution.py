@@ -29,7 +29,7 @@ from tessera.api.queues import Enforcement, SlicePolicy, resolve_enforcement
 from tessera.jobs.launch import master_port
 from tessera.platform.services.common import put
 from tessera.platform.services.elastic import retire
-from tessera.platform.services.jobs import apply_transition, render_job
+from tessera.platform.services.jobs import apply_transition, render_job, render_jobs
 from tessera.platform.store.db import Database, Tx
 from tessera.platform.store.rows import AllocationRow, AttemptRow, JobRow, NodeRow, QueueRow, TaskRow
 from tessera.platform.store.types import utcnow
@@ -229,6 +229,7 @@ def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> in
     node's pods at once)."""
     applied = 0
     with db.write() as tx:
+        _preload(tx.session, [r for batch in batches.values() for r in batch])
         touched: dict[uuid.UUID, JobRow] = {}
         for node, report in ((n, r) for n, batch in batches.items() for r in batch):
             if report.state in (TaskState.SUCCEEDED, TaskState.FAILED):
@@ -245,6 +246,21 @@ def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> in
         for job in touched.values():
             _advance(tx, job)
     return applied
+
+
+def _preload(session: Session, reports: list[TaskReport]) -> None:
+    """Load the reports' tasks, their jobs and the jobs' tasks and allocations in a few IN queries,
+    so the per-report lookups below find them in the session (a report of hundreds of tasks
+    otherwise costs several round trips each)."""
+    task_ids = list({r.task_id for r in reports})
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start : start + 500]
+        job_ids = list(session.execute(select(TaskRow.job_id).where(TaskRow.id.in_(chunk))).scalars())
+        if not job_ids:
+            continue
+        session.execute(select(JobRow).where(JobRow.id.in_(job_ids))).scalars().all()
+        session.execute(select(TaskRow).where(TaskRow.job_id.in_(job_ids))).scalars().all()
+        session.execute(select(AllocationRow).where(AllocationRow.job_id.in_(job_ids))).scalars().all()
 
 
 def _release(tx: Tx, node: str, report: TaskReport) -> None:
@@ -266,7 +282,7 @@ def _release(tx: Tx, node: str, report: TaskReport) -> None:
     if drained:
         job = tx.session.get(JobRow, drained[0].job_id)
         if job is not None:
-            put(tx, "job", job, lambda r: render_job(tx.session, r))
+            tx.put_later("job", job, render_jobs)
 
 
 def _record(tx: Tx, task: TaskRow, report: TaskReport) -> bool:

@@ -162,8 +162,9 @@ def apply_transition(
     message: str = "",
     exit_code: int | None = None,
     pending_reason: PendingReason | None = None,
-) -> Job:
-    """The only writer of a job's state: computes the move, writes row, tasks and event.
+) -> None:
+    """The only writer of a job's state: computes the move, writes row, tasks and event; the
+    job's change is logged when the transaction ends (``Tx.put_later``).
 
     The row write is conditional on the version read (the ORM's version
     column), so a concurrent writer makes this raise instead of overwriting.
@@ -197,21 +198,21 @@ def apply_transition(
             task.exit_code, task.started_at, task.finished_at, task.message = None, None, None, ""
             task.reason = None
             tx.stamp(task)
-    job = put(tx, "job", row, lambda r: render_job(tx.session, r))
+    tx.put_later("job", row, render_jobs)  # rendered once at commit, however many moves it makes
+    project = tx.session.get(ProjectRow, row.project_id)
     draft = moved.event
     emit(
         tx,
         kind="job",
         object_id=row.id,
         object_name=row.name,
-        project=job.project,
+        project=project.name if project else "?",
         type=draft.type,
         reason=draft.reason,
         message=draft.message,
         from_state=draft.from_state.value,
         to_state=draft.to_state.value,
     )
-    return job
 
 
 # submit --------------------------------------------------------------------------------
@@ -564,9 +565,8 @@ def cancel_job(
             )
         if JobState(row.state).terminal:
             raise Conflict(f"job {row.name!r} already finished ({row.state}); nothing to cancel")
-        return apply_transition(
-            tx, row, JobState.CANCELLED, message=message or f"cancelled by {caller.user_name}"
-        )
+        apply_transition(tx, row, JobState.CANCELLED, message=message or f"cancelled by {caller.user_name}")
+        return render_job(tx.session, row)
 
 
 def delete_job(db: Database, caller: Principal, ref: str, project: str) -> None:

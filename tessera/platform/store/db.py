@@ -74,6 +74,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+RenderMany = Callable[[Session, list[Any]], list[Any]]
+"""Rows of one kind to their API models (pydantic), in order."""
+
+
 @dataclass
 class Tx:
     """A write transaction: its session, its revision, and the changes it logged."""
@@ -81,6 +85,8 @@ class Tx:
     session: Session
     revision: int
     _seq: int = field(default=0)
+    # rows whose change is logged when the transaction ends: (kind, id) -> (row, render_many)
+    _later: dict[tuple[str, uuid.UUID], tuple[Any, RenderMany]] = field(default_factory=dict)
 
     def stamp(self, row: Stored) -> None:
         """Mark a row as written by this transaction."""
@@ -89,8 +95,31 @@ class Tx:
         if row.created_at is None:
             row.created_at = row.updated_at
 
+    def put_later(self, kind: str, row: Stored, render_many: RenderMany) -> None:
+        """Write ``row`` at this revision and log its change when the transaction ends: rendered
+        once however often it changes meanwhile, with the other rows of its kind in one call
+        (a node's report that moves hundreds of jobs renders them in a few queries)."""
+        self.stamp(row)
+        self.session.add(row)
+        self._later[(kind, row.id)] = (row, render_many)
+
+    def log_later(self) -> None:
+        """Log the changes ``put_later`` deferred (``Database.write`` calls it before committing)."""
+        while self._later:
+            waiting = list(self._later.items())
+            self._later.clear()
+            self.session.flush()
+            groups: dict[tuple[str, RenderMany], list[Any]] = {}
+            for (kind, _), (row, render_many) in waiting:
+                groups.setdefault((kind, render_many), []).append(row)
+            for (kind, render_many), rows in groups.items():
+                for row, model in zip(rows, render_many(self.session, rows), strict=True):
+                    self.record(kind, row.id, "put", model.model_dump(mode="json"))
+
     def record(self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None) -> None:
-        """Append a change to the log at this transaction's revision."""
+        """Append a change to the log at this transaction's revision (a ``put_later`` of the same
+        entity is then logged by this one)."""
+        self._later.pop((kind, entity_id), None)
         self._seq += 1
         self.session.add(
             ChangeRow(
@@ -146,7 +175,9 @@ class Database:
             ).scalar_one()
             if self._fence is not None and not self._fence(session):
                 raise Fenced("this replica no longer holds the lease it writes under")
-            yield Tx(session=session, revision=revision)
+            tx = Tx(session=session, revision=revision)
+            yield tx
+            tx.log_later()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
