@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli import admin, data, elastic, jobs, local, queues, serve, sim, top
+from tessera.cli import admin, data, elastic, jobs, local, queues, serve, sim, tokens, top
 from tessera.cli.output import fail, out
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(queues.queue_app, name="queue")
 app.add_typer(sim.sim_app, name="sim")
 app.add_typer(top.top_app, name="top")
 app.add_typer(admin.admin_app, name="admin")
+app.add_typer(tokens.token_app, name="token")
 app.command("node")(local.node)
 app.command("down")(local.down)
 

@@ -1,14 +1,15 @@
-"""tessera top node|job: allocation beside real use, per GPU and per slice, as the nodes measure it."""
+"""tessera top node|job: allocation beside real use, per GPU and per slice, as the nodes measure it
+(and a node's state and conditions, such as LogDiskFull)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from tessera.api.cluster import Node
 from tessera.api.quantities import format_mib
 from tessera.api.usage import GpuUsage, JobUsage, NodeUsage, SliceUsage
 from tessera.cli.output import Format, age, dump, out, server_errors, table
@@ -60,14 +61,18 @@ _SLICE_COLUMNS = ["TASK", "GPU", "TIER", "MEMORY USED / ALLOC", "COMPUTE SHARE /
 _WIDE_SLICE = ["POLICY MEM/COMPUTE", "COMPUTE TIER", "COOPERATIVE"]
 
 
-def _show_node(usage: NodeUsage, wide: bool) -> None:
-    measured = age(usage.at, lambda: datetime.now(UTC))
+def _show_node(usage: NodeUsage, wide: bool, node: Node | None = None) -> None:
+    measured = age(usage.at)
     error = f"; device error: {usage.device_error}" if usage.device_error else ""
+    state = f" ({node.state.value})" if node is not None else ""
     out.print(
-        f"[bold]node {usage.node}[/bold]: {usage.device} device, measured {measured} ago, "
+        f"[bold]node {usage.node}[/bold]{state}: {usage.device} device, measured {measured} ago, "
         f"poll {usage.poll_seconds * 1000:g} ms, share over {usage.window_seconds:g} s{error}",
         highlight=False,
     )
+    for condition in node.inventory.conditions if node is not None else []:
+        since = f" for {age(condition.since)}" if condition.since else ""
+        out.print(f"[yellow]condition {condition.type}{since}[/yellow]: {condition.message}", highlight=False)
     columns = ["GPU", "MODEL", "TIER", "MEMORY USED / ALLOC / TOTAL", "BUSY / COMPUTE ALLOC", "STRAYS"]
     table(columns + (["TIERS"] if wide else []), [_gpu_row(g, wide) for g in usage.gpus])
     if usage.slices:
@@ -90,7 +95,8 @@ def top_node(
     """Each GPU and slice of a node: memory used beside allocated, measured share beside given."""
     usages: list[NodeUsage] = []
     with server_errors(), Client() as client:
-        names = [name] if name else [n.name for n in client.list_nodes()]
+        nodes = {n.name: n for n in client.list_nodes()}  # their state and conditions
+        names = [name] if name else list(nodes)
         for node in names:
             try:
                 usages.append(client.node_usage(node))
@@ -105,7 +111,7 @@ def top_node(
     for i, usage in enumerate(usages):
         if i:
             out.print("")
-        _show_node(usage, output is Format.WIDE)
+        _show_node(usage, output is Format.WIDE, nodes.get(usage.node))
 
 
 BARS = "▁▂▃▄▅▆▇█"

@@ -16,7 +16,7 @@ from tessera.api.cluster import Node
 from tessera.api.common import Page
 from tessera.api.datasets import CreateDatasetRequest, DataLoad, Dataset, Secret
 from tessera.api.events import Event
-from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, User
+from tessera.api.identity import CreatedToken, CreateTokenRequest, Project, Token, User
 from tessera.api.jobs import Job, JobState, SubmitJobRequest
 from tessera.api.problems import Problem
 from tessera.api.queues import CreateQueueRequest, Queue
@@ -339,6 +339,12 @@ class Client:
         return CreatedToken.model_validate(
             self.request("POST", f"{API}/tokens", json=req.model_dump(mode="json")).json()
         )
+
+    def list_tokens(self, user: str | None = None) -> list[Token]:
+        return self._list(Token, f"{API}/tokens", params={"user": user} if user else None)
+
+    def revoke_token(self, token_id: uuid.UUID) -> Token:
+        return Token.model_validate(self.request("POST", f"{API}/tokens/{token_id}/revoke").json())
 
     def version(self) -> dict[str, Any]:
         info: dict[str, Any] = self.request("GET", "/openapi.json").json()["info"]

@@ -62,6 +62,11 @@ def fill(disk: Path) -> int:
                     return written
 
 
+def _shown(text: str) -> str | None:
+    """`tessera top node` once it shows the condition."""
+    return text if "condition LogDiskFull" in text else None
+
+
 def test_log_disk_full_tasks_keep_running_and_the_node_says_so(
     cluster: FaultCluster, small_disk: Path, tmp_path: Path
 ) -> None:
@@ -81,6 +86,8 @@ def test_log_disk_full_tasks_keep_running_and_the_node_says_so(
         filler = fill(small_disk)
         full = wait_until(lambda: _condition(cluster), 30, what="the node to report LogDiskFull")
         assert "tasks keep running" in full["message"], full
+        top = wait_until(lambda: _shown(cluster.cli("top", "node", "logfull").stdout), 30, what="top node")
+        assert "(Ready)" in top and "tasks keep running" in top, top
         events = cluster.api("GET", "/api/v1/events", params={"kind": "node"}).json()
         assert any(e["reason"] == "LogDiskFull" and e["object_name"] == "logfull" for e in events), events
         # the tasks keep running while their output has nowhere to go ...

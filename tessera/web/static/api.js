@@ -1,4 +1,5 @@
-// fetch wrapper: JSON in and out, the CSRF header on every write, problem+json errors, 401 handling.
+// fetch wrapper: JSON in and out, the CSRF header on every write, problem+json errors, 401 handling,
+// reads retried after a 429's Retry-After.
 
 const BASE = "/api/v1";
 let csrfToken = null;
@@ -42,6 +43,30 @@ export function url(path, params) {
   return u.pathname + u.search;
 }
 
+const RETRIES_429 = 3;
+
+/** Seconds to wait before asking again after a 429: its Retry-After, at most 10 s. */
+function retryAfter(res) {
+  const seconds = Number(res.headers.get("Retry-After"));
+  return Number.isFinite(seconds) && seconds >= 0 ? Math.min(seconds, 10) : 1;
+}
+
+function pause(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    if (signal) {
+      signal.addEventListener(
+        "abort",
+        () => {
+          clearTimeout(timer);
+          reject(new DOMException("aborted", "AbortError"));
+        },
+        { once: true },
+      );
+    }
+  });
+}
+
 async function problemOf(res) {
   try {
     const type = res.headers.get("content-type") || "";
@@ -63,21 +88,31 @@ export async function request(method, path, { params, body, signal, raw = false 
     headers["X-CSRF-Token"] = csrfToken || readCookie("tessera_csrf") || "";
   }
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  const safe = method === "GET" || method === "HEAD";
   let res;
-  try {
-    res = await fetch(url(path, params), {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
-      signal,
-    });
-  } catch (err) {
-    if (err && err.name === "AbortError") throw err;
-    throw new ApiError(0, { title: "Network error", detail: "cannot reach the control plane" });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      res = await fetch(url(path, params), {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        credentials: "same-origin",
+        signal,
+      });
+    } catch (err) {
+      if (err && err.name === "AbortError") throw err;
+      throw new ApiError(0, { title: "Network error", detail: "cannot reach the control plane" });
+    }
+    // the API sheds load with 429 + Retry-After: a read is asked again after that wait; a write
+    // is not (the user decides), its error says when to try again
+    if (res.status !== 429 || !safe || attempt >= RETRIES_429) break;
+    await pause(retryAfter(res), signal);
   }
   if (!res.ok) {
     const problem = await problemOf(res);
+    if (res.status === 429 && !problem.detail) {
+      problem.detail = `the control plane is busy; try again in ${retryAfter(res)} s`;
+    }
     if (res.status === 401 && path !== "/session") unauthorized();
     throw new ApiError(res.status, problem);
   }

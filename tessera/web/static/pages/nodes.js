@@ -1,4 +1,4 @@
-// Nodes: state, GPUs, labels, heartbeat.
+// Nodes: state and conditions (LogDiskFull...), GPUs, labels, heartbeat.
 
 import { get, reportable } from "../api.js";
 import { badge, h, messageRow, put, table, tableWrap } from "../dom.js";
@@ -37,7 +37,14 @@ export function mount(root) {
           "tr",
           { dataset: { node: n.name } },
           h("td", { class: "name" }, h("strong", {}, n.name)),
-          h("td", { class: "state" }, badge(n.state)),
+          h(
+            "td",
+            { class: "state" },
+            badge(n.state),
+            (inv.conditions || []).map((c) =>
+              h("span", { class: "badge warn-badge condition", title: c.message || c.type, dataset: { condition: c.type } }, c.type),
+            ),
+          ),
           h(
             "td",
             {},
