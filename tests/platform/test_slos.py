@@ -83,6 +83,36 @@ def test_api_requests_are_labelled_by_route_template_and_caller(api: Api) -> Non
     assert value(text, "tessera_db_pool_checked_out_connections") >= 0
 
 
+def test_the_single_writer_is_timed(api: Api) -> None:
+    import threading
+    import time
+
+    before = scrape(api)
+    writes = value(before, "tessera_db_write_seconds_count")
+    hold = threading.Event()
+
+    def slow_writer() -> None:
+        with api.db.write():
+            hold.set()
+            time.sleep(1.0)  # holds the writer slot (SQLite) while the submit below waits
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    hold.wait(5)
+    assert api.call("POST", "/api/v1/jobs", json=job_body("timed")).status_code == 201
+    thread.join()
+    text = scrape(api)
+    assert value(text, "tessera_db_write_seconds_count") >= writes + 2
+    assert value(text, "tessera_db_write_seconds_bucket", le="+Inf") == value(
+        text, "tessera_db_write_seconds_count"
+    )
+    waited = value(text, "tessera_db_write_wait_seconds_count")
+    if api.db.is_sqlite:  # the submit queued for the slot behind the slow writer
+        assert waited >= 1 and value(text, "tessera_db_write_wait_seconds_sum") >= 0.1
+    else:  # no slot on PostgreSQL: nothing waits for it
+        assert waited == 0
+
+
 def test_server_errors_count_as_5xx_and_leave_nothing_in_flight() -> None:
     registry = CollectorRegistry()
     app = FastAPI()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from tessera.platform.store.rows import ChangeRow, RevisionRow, Stored
+from tessera.platform.store.timings import WriterTimings
 from tessera.platform.store.types import utcnow
 
 _WRITE = "tessera_write"
@@ -147,6 +149,7 @@ class Database:
         self._sqlite_writer = threading.Lock() if self.is_sqlite else None
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._fence: Fence | None = None
+        self.timings = WriterTimings()  # shared with fenced views (a shallow copy)
 
     def fenced(self, fence: Fence) -> Database:
         """A view of this database (same engine and pool) whose write transactions are
@@ -188,11 +191,22 @@ class Database:
 
     @contextmanager
     def _writer_slot(self) -> Iterator[None]:
+        """This process's turn to write: SQLite's one writer slot (timed: waiting for it, then
+        holding it); on PostgreSQL only the transaction's length is timed."""
+        asked = time.perf_counter()
         if self._sqlite_writer is None:
-            yield
+            try:
+                yield
+            finally:
+                self.timings.held.observe(time.perf_counter() - asked)
             return
         with self._sqlite_writer:
-            yield
+            got = time.perf_counter()
+            self.timings.wait.observe(got - asked)
+            try:
+                yield
+            finally:
+                self.timings.held.observe(time.perf_counter() - got)
 
     def current_revision(self) -> int:
         with self.read() as session:
