@@ -43,6 +43,17 @@ async def _loop(name: str, every: float, step: Callable[[], object]) -> None:
         await asyncio.sleep(every)
 
 
+def _each(*steps: tuple[str, Callable[[], object]]) -> None:
+    """Steps that share a loop (and its state), each failing on its own."""
+    for name, step in steps:
+        try:
+            step()
+        except Fenced:
+            raise
+        except Exception:
+            log.exception("controller step %s failed", name)
+
+
 def elect(
     db: Database,
     settings: Settings,
@@ -88,7 +99,14 @@ def leader_loops(
         ),
         # deadlines and prewarm share one index of live jobs, kept from the change feed
         asyncio.create_task(
-            _loop("live-jobs", 1.0, lambda: (reconcile_pending(db, index=jobs), prewarm_for_jobs(db, jobs)))
+            _loop(
+                "live-jobs",
+                1.0,
+                lambda: _each(
+                    ("deadlines", lambda: reconcile_pending(db, index=jobs)),
+                    ("prewarm", lambda: prewarm_for_jobs(db, jobs)),
+                ),
+            )
         ),
         asyncio.create_task(_loop("datasets", 1.0, lambda: (list_sources(db), scheduled_loads(db)))),
         asyncio.create_task(_loop("serving", settings.autoscale_interval, serving.step)),

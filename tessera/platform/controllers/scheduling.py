@@ -110,7 +110,8 @@ class SchedulingLoop:
         self._dirty = bool(decisions.binds or decisions.grants or decisions.shrinks)  # look again next time
         # nothing in the store changes when a backfill runs past its time, but a holder may then evict it
         ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
-        self._wake_at = min(ends, default=None)
+        # nor when a preemptor's claim on the room it freed runs out
+        self._wake_at = min([*ends, *self.view.claims_after(now)], default=None)
         self.metrics.cycles.inc()
         took = time.perf_counter() - start
         self.metrics.cycle.observe(took)
@@ -168,8 +169,9 @@ class SchedulingLoop:
                 if job is None:
                     continue
                 try:
-                    with tx.session.begin_nested():
+                    with tx.savepoint():  # its change rendered inside: one bad job undoes one bind
                         bound = bind_job(tx, bind.job_id, job.version, bind)
+                        tx.log_later()
                 except Exception:
                     log.exception("bind of job %s failed", bind.job_id)
                     self.metrics.failed_binds.labels("error").inc()

@@ -133,6 +133,12 @@ class ClusterView:
             self._stale.add(name)
         return True
 
+    def claims_after(self, now: datetime) -> list[datetime]:
+        """When pending preemptors' claims on the room they freed run out, those still ahead."""
+        return [
+            d.claim_until for d in self._derived.values() if d.claim_until is not None and d.claim_until > now
+        ]
+
     def snapshot(self, now: datetime) -> model.Snapshot:
         """The scheduler's input: cached pieces, with usage re-summed on changed nodes only."""
         for name in self._stale:

@@ -229,7 +229,7 @@ def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> in
     node's pods at once)."""
     applied = 0
     with db.write() as tx:
-        _preload(tx.session, [r for batch in batches.values() for r in batch])
+        loaded = _preload(tx.session, [r for batch in batches.values() for r in batch])  # noqa: F841
         touched: dict[uuid.UUID, JobRow] = {}
         for node, report in ((n, r) for n, batch in batches.items() for r in batch):
             if report.state in (TaskState.SUCCEEDED, TaskState.FAILED):
@@ -248,19 +248,20 @@ def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> in
     return applied
 
 
-def _preload(session: Session, reports: list[TaskReport]) -> None:
-    """Load the reports' tasks, their jobs and the jobs' tasks and allocations in a few IN queries,
-    so the per-report lookups below find them in the session (a report of hundreds of tasks
-    otherwise costs several round trips each)."""
+def _preload(session: Session, reports: list[TaskReport]) -> list[object]:
+    """Load the reports' tasks and their jobs in two IN queries per 500, so the per-report
+    ``session.get`` calls below find them in the session (a report of hundreds of tasks otherwise
+    costs two round trips each). The session holds rows weakly: the caller keeps the list."""
     task_ids = list({r.task_id for r in reports})
+    loaded: list[object] = []
     for start in range(0, len(task_ids), 500):
-        chunk = task_ids[start : start + 500]
-        job_ids = list(session.execute(select(TaskRow.job_id).where(TaskRow.id.in_(chunk))).scalars())
-        if not job_ids:
-            continue
-        session.execute(select(JobRow).where(JobRow.id.in_(job_ids))).scalars().all()
-        session.execute(select(TaskRow).where(TaskRow.job_id.in_(job_ids))).scalars().all()
-        session.execute(select(AllocationRow).where(AllocationRow.job_id.in_(job_ids))).scalars().all()
+        tasks = list(
+            session.execute(select(TaskRow).where(TaskRow.id.in_(task_ids[start : start + 500]))).scalars()
+        )
+        job_ids = list({t.job_id for t in tasks})
+        loaded += tasks
+        loaded += session.execute(select(JobRow).where(JobRow.id.in_(job_ids))).scalars().all()
+    return loaded
 
 
 def _release(tx: Tx, node: str, report: TaskReport) -> None:

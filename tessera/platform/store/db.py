@@ -105,6 +105,17 @@ class Tx:
         self.session.add(row)
         self._later[(kind, row.id)] = (row, render_many)
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction; rolled back, it takes back the ``put_later`` calls made inside it."""
+        later = dict(self._later)
+        try:
+            with self.session.begin_nested():
+                yield
+        except BaseException:
+            self._later = later
+            raise
+
     def log_later(self) -> None:
         """Log the changes ``put_later`` deferred (``Database.write`` calls it before committing)."""
         while self._later:
