@@ -80,7 +80,13 @@ class AssignmentFeed:
         """Follow the change feed for up to ``timeout`` seconds (relisting if it was compacted)."""
         if not self.listed:
             self.relist()
-        params: dict[str, Any] = {"since": self.revision, "kind": "job", "timeout": timeout}
+        # only the jobs that come to this node or leave it (the control plane filters)
+        params: dict[str, Any] = {
+            "since": self.revision,
+            "kind": "job",
+            "node": self.node,
+            "timeout": timeout,
+        }
         with self.http.stream(
             "GET", "/api/v1/watch", params=params, timeout=httpx.Timeout(10, read=timeout + 30)
         ) as response:
@@ -104,10 +110,10 @@ class AssignmentFeed:
                 changed = self.jobs.pop(job_id, None) is not None
             else:
                 job = Job.model_validate(item["object"])
-                mine = any(t.node == self.node for t in job.tasks)
-                changed = mine or job_id in self.jobs
-                if mine or job_id in self.jobs:
-                    self.jobs[job_id] = job
+                if any(t.node == self.node for t in job.tasks):
+                    self.jobs[job_id], changed = job, True
+                else:  # it left this node (rebound elsewhere, pruned): its tasks here stop
+                    changed = self.jobs.pop(job_id, None) is not None
             self.revision = int(item["revision"])
             if changed:
                 self._save_cache()

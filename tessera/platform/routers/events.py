@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from tessera.api.common import NAME_PATTERN
 from tessera.api.events import Event
 from tessera.platform.auth import UserPrincipal, WatchPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
@@ -67,6 +68,14 @@ async def watch(
         int, Query(ge=0, le=MAX_REVISION, description="Stream changes after this revision.")
     ] = 0,
     kind: Annotated[list[str] | None, Query(description="Only these kinds (job, node, ...).")] = None,
+    node: Annotated[
+        str | None,
+        Query(
+            pattern=NAME_PATTERN,
+            description="A node's name: only the job changes that concern it (its tasks were or "
+            "are placed there; a node agent's watch). Changes of other kinds are not filtered.",
+        ),
+    ] = None,
     timeout: Annotated[float, Query(gt=0, le=3600, description="Seconds before the stream ends.")] = 60,
 ) -> StreamingResponse:
     """Stream changes after ``since`` as NDJSON, then bookmarks while idle, until ``timeout``.
@@ -84,7 +93,9 @@ async def watch(
         after, caught_up, last_bookmark = since, False, 0.0
         while loop.time() < deadline:
             try:
-                changes, resume = await run_in_threadpool(service.read_changes, db, caller, after, kinds)
+                changes, resume = await run_in_threadpool(
+                    service.read_changes, db, caller, after, kinds, node=node
+                )
             except Compacted as exc:
                 # headers are sent: say so in-band, then end (the watcher re-lists)
                 yield (json.dumps({"type": "ERROR", "status": 410, "detail": str(exc)}) + "\n").encode()

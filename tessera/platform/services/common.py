@@ -25,15 +25,17 @@ def put(tx: Tx, kind: str, row: R, render: Callable[[R], M]) -> M:
     tx.session.add(row)
     tx.session.flush()
     model = render(row)
-    tx.record(kind, row.id, "put", model.model_dump(mode="json"))
+    obj = model.model_dump(mode="json")
+    tx.record(kind, row.id, "put", obj, nodes=tx.placement(row, obj))
     return model
 
 
 def remove(tx: Tx, kind: str, row: Stored, tombstone: dict[str, Any] | None = None) -> None:
     """Delete ``row`` (conditionally on its version) and log the deletion."""
+    nodes = tx.placement(row, None)  # where it was, read before it is gone
     tx.session.delete(row)
     tx.session.flush()
-    tx.record(kind, row.id, "delete", tombstone)
+    tx.record(kind, row.id, "delete", tombstone, nodes=nodes)
 
 
 def emit(

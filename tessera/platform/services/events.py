@@ -69,8 +69,13 @@ def visible_change(caller: Principal, change: Change) -> bool:
 
 
 def read_changes(
-    db: Database, caller: Principal, after: int, kinds: list[str], limit: int = 500
+    db: Database,
+    caller: Principal,
+    after: int,
+    kinds: list[str],
+    limit: int = 500,
+    node: str | None = None,
 ) -> tuple[list[Change], int]:
     with db.read() as session:
-        changes, resume = changes_after(session, after, kinds=kinds, limit=limit)
+        changes, resume = changes_after(session, after, kinds=kinds, node=node, limit=limit)
     return [c for c in changes if visible_change(caller, c)], resume

@@ -127,11 +127,43 @@ class Tx:
                 groups.setdefault((kind, render_many), []).append(row)
             for (kind, render_many), rows in groups.items():
                 for row, model in zip(rows, render_many(self.session, rows), strict=True):
-                    self.record(kind, row.id, "put", model.model_dump(mode="json"))
+                    obj = model.model_dump(mode="json")
+                    self.record(kind, row.id, "put", obj, nodes=self.placement(row, obj))
 
-    def record(self, kind: str, entity_id: uuid.UUID, op: str, obj: dict[str, Any] | None) -> None:
+    def placement(self, row: Any, obj: dict[str, Any] | None) -> str | None:
+        """The change's node tag for a row placed on nodes (a job, with ``placed_nodes``): the
+        nodes its tasks were on before (as of its last change) and are on in ``obj``, as ",a,b,"
+        ("" for none), so a node's watch hears of a job that comes to it and of one that leaves it.
+        Records where the row is now. None for rows of other kinds.
+
+        ``obj`` None is a deletion: the tag names where the row was.
+        """
+        if not hasattr(row, "placed_nodes"):
+            return None
+        before = {n for n in (row.placed_nodes or "").split(",") if n}
+        if obj is None:
+            return f",{','.join(sorted(before))}," if before else ""
+        after = {t["node"] for t in obj.get("tasks") or () if t.get("node")}
+        if after != before:
+            # past the row's version: where it is placed is bookkeeping, not an edit of the job
+            table = type(row).__table__
+            where = ",".join(sorted(after))
+            self.session.execute(update(table).where(table.c.id == row.id).values(placed_nodes=where))
+            self.session.expire(row, ["placed_nodes"])  # read again (a rolled-back savepoint undoes it)
+        both = before | after
+        return f",{','.join(sorted(both))}," if both else ""
+
+    def record(
+        self,
+        kind: str,
+        entity_id: uuid.UUID,
+        op: str,
+        obj: dict[str, Any] | None,
+        *,
+        nodes: str | None = None,
+    ) -> None:
         """Append a change to the log at this transaction's revision (a ``put_later`` of the same
-        entity is then logged by this one)."""
+        entity is then logged by this one); ``nodes`` is its node tag (:meth:`placement`)."""
         self._later.pop((kind, entity_id), None)
         self._seq += 1
         self.session.add(
@@ -142,6 +174,7 @@ class Tx:
                 entity_id=entity_id,
                 op=op,
                 object=obj,
+                nodes=nodes,
             )
         )
 

@@ -29,10 +29,17 @@ class Compacted(Exception):
 
 
 def changes_after(
-    session: Session, after: int, *, kinds: Sequence[str] = (), limit: int = 500
+    session: Session,
+    after: int,
+    *,
+    kinds: Sequence[str] = (),
+    node: str | None = None,
+    limit: int = 500,
 ) -> tuple[list[Change], int]:
     """Changes with revision > ``after`` (oldest first) and the revision to resume from.
 
+    With ``node``, a job's change is kept only if its tasks were or are on that node (the
+    change's node tag); changes without a tag (other kinds, or logged before jobs had one) pass.
     Raises :class:`Compacted` when ``after`` predates the retained history.
     """
     head = session.execute(select(RevisionRow).where(RevisionRow.id == 1)).scalar_one()
@@ -41,6 +48,10 @@ def changes_after(
     query = select(ChangeRow).where(ChangeRow.revision > after)
     if kinds:
         query = query.where(ChangeRow.kind.in_(list(kinds)))
+    if node is not None:
+        query = query.where(
+            ChangeRow.nodes.is_(None) | ChangeRow.nodes.contains(f",{node},", autoescape=True)
+        )
     rows = list(session.execute(query.order_by(ChangeRow.revision, ChangeRow.seq).limit(limit)).scalars())
     resume = head.revision
     if len(rows) == limit:

@@ -79,6 +79,9 @@ class ChangeRow(Base):
     op: Mapped[str] = mapped_column(String(8), nullable=False)
     object: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    # for a job: the nodes its tasks were on before this change or are on after it, as
+    # ",a,b," ("" for none), so a node's watch finds what concerns it; NULL for other kinds
+    nodes: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LeaseRow(Base):
@@ -190,6 +193,9 @@ class JobRow(Stored):
     status: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
     # set for a service replica's workload (its owner): such jobs are listed with their service
     service_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    # the nodes its tasks are on, as of its last logged change ("a,b"): the next change is
+    # tagged with these too, so a node hears of a job that leaves it (ChangeRow.nodes)
+    placed_nodes: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskRow(Stored):

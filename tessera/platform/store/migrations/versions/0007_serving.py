@@ -88,9 +88,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_index(op.f("ix_jobs_service_id"))
-        batch.drop_column("service_id")
+    # not a batch rebuild: dropping and recreating jobs would cascade to its tasks (foreign keys on)
+    op.drop_index(op.f("ix_jobs_service_id"), table_name="jobs")
+    op.drop_column("jobs", "service_id")
     op.drop_index(op.f("ix_replicas_service_id"), table_name="replicas")
     op.drop_table("replicas")
     op.drop_table("revisions")
