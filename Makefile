@@ -58,6 +58,7 @@ bench: install $(TRAIN_STAMP) test-deps k8s-testenv
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.k8s_scheduling
 	$(BIN)/python -m bench.failover --rounds 5
+	$(BIN)/python -m bench.watchfilter
 	$(BIN)/python -m bench.load --db sqlite --rate 20 --out bench/results/load-sqlite
 	$(BIN)/python -m bench.load --db postgres --rate 10 --out bench/results/load-postgres
 	mkdir -p bench/results

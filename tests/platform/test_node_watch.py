@@ -107,3 +107,12 @@ def test_the_migration_records_where_existing_jobs_are(api: Api) -> None:
     with api.db.read() as session:
         placed = {name: where for name, where in session.execute(select(JobRow.name, JobRow.placed_nodes))}
     assert placed == {"placed": "n1", "unplaced": None}
+
+
+def test_the_watch_bench_runs_small(tmp_path: Path) -> None:
+    from bench.watchfilter import run
+
+    result = run(nodes=3, jobs=20, home=tmp_path)
+    assert result["covered"] and result["preempted"] == 2
+    # each of 3 agents hears of fewer changes than the cluster made
+    assert 0 < result["filtered_max"] < result["changes"]
