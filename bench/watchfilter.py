@@ -78,8 +78,8 @@ def run(nodes: int, jobs: int, home: Path) -> dict[str, Any]:
                 _ok(client.post("/api/v1/nodes", headers=agent, json=inventory(n, 8)), 200).json()["name"]
             )
         for j in range(jobs):
-            body = {"name": f"w{j}", "groups": [{"command": ["true"], "resources": {"gpus": 1}}]}
-            _ok(client.post("/api/v1/jobs", headers=admin, json=body), 201)
+            job_body = {"name": f"w{j}", "groups": [{"command": ["true"], "resources": {"gpus": 1}}]}
+            _ok(client.post("/api/v1/jobs", headers=admin, json=job_body), 201)
         loop = SchedulingLoop(db)
         done, moved = 0, 0
         placed_on: dict[str, set[str]] = {n: set() for n in names}
