@@ -38,14 +38,23 @@ def _ok(response: Any, *codes: int) -> Any:
 
 
 def _watch(client: TestClient, headers: dict[str, str], **params: Any) -> tuple[list[dict[str, Any]], int]:
-    r = _ok(
-        client.get(
-            "/api/v1/watch", headers=headers, params={"since": 0, "kind": "job", "timeout": 0.3, **params}
-        ),
-        200,
-    )
-    lines = [json.loads(x) for x in r.text.splitlines() if x]
-    return [x for x in lines if x["type"] == "CHANGE"], len(r.content)
+    """The watch from revision 0 to the head, all of it: a stream ends at its timeout, so read
+    until its bookmarks reach the head (each bookmark says the stream is caught up)."""
+    head = _ok(client.get("/api/v1/jobs", headers=headers, params={"limit": 1}), 200).json()["revision"]
+    changes: list[dict[str, Any]] = []
+    size, since = 0, 0
+    while since < head:
+        query = {"since": since, "kind": "job", "timeout": 2.0, **params}
+        r = _ok(client.get("/api/v1/watch", headers=headers, params=query), 200)
+        size += len(r.content)
+        for line in r.text.splitlines():
+            item = json.loads(line) if line else None
+            if item is None:
+                continue
+            if item["type"] == "CHANGE":
+                changes.append(item)
+            since = max(since, int(item["revision"]))
+    return changes, size
 
 
 def _all_jobs(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
