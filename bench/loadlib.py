@@ -105,7 +105,7 @@ def control_plane(database_url: str | None, env: dict[str, str] | None = None) -
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _checked(response: httpx.Response, *ok: int) -> httpx.Response:
+def checked(response: httpx.Response, *ok: int) -> httpx.Response:
     if response.status_code not in ok:
         raise RuntimeError(
             f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
@@ -120,19 +120,19 @@ def provision(server: Server, config: LoadConfig) -> tuple[list[Identity], str]:
     projects = max(1, min(config.projects, config.users))
     with httpx.Client(base_url=server.url, headers=admin, timeout=REQUEST_TIMEOUT_S) as http:
         for p in range(projects):
-            _checked(http.post("/api/v1/queues", json={"name": f"lq{p}"}), 201)
+            checked(http.post("/api/v1/queues", json={"name": f"lq{p}"}), 201)
             body = {"name": f"lp{p}", "queues": [f"lq{p}"], "default_queue": f"lq{p}"}
-            _checked(http.post("/api/v1/projects", json=body), 201)
+            checked(http.post("/api/v1/projects", json=body), 201)
         identities = []
         for u in range(config.users):
             user, project = f"lu{u}", f"lp{u % projects}"
-            _checked(http.post("/api/v1/users", json={"name": user}), 201)
-            _checked(http.put(f"/api/v1/projects/{project}/members/{user}", json={"role": "member"}), 200)
-            made = _checked(http.post("/api/v1/tokens", json={"name": f"{user}-load", "user": user}), 201)
+            checked(http.post("/api/v1/users", json={"name": user}), 201)
+            checked(http.put(f"/api/v1/projects/{project}/members/{user}", json={"role": "member"}), 200)
+            made = checked(http.post("/api/v1/tokens", json={"name": f"{user}-load", "user": user}), 201)
             identities.append(Identity(user, project, f"lq{u % projects}", made.json()["secret"]))
-        _checked(http.post("/api/v1/users", json={"name": "lagent"}), 201)
+        checked(http.post("/api/v1/users", json={"name": "lagent"}), 201)
         body = {"name": "lagent-node", "user": "lagent", "scopes": ["node"]}
-        node_token = _checked(http.post("/api/v1/tokens", json=body), 201).json()["secret"]
+        node_token = checked(http.post("/api/v1/tokens", json=body), 201).json()["secret"]
     return identities, node_token
 
 
@@ -144,7 +144,7 @@ async def _nodes(server: Server, token: str, config: LoadConfig, stop: asyncio.E
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
         names = [f"lnode{n}" for n in range(config.nodes)]
         for n in range(config.nodes):
-            _checked(await http.post("/api/v1/nodes", json=inventory(n, config.gpus_per_node)), 200)
+            checked(await http.post("/api/v1/nodes", json=inventory(n, config.gpus_per_node)), 200)
         agents = []
         if config.job_seconds:
             stand_in = Agents(http, names, config.job_seconds, work)
@@ -299,7 +299,7 @@ async def _drive(
             Submitter(c, http, identities[c % len(identities)], run, config) for c, http in enumerate(clients)
         ]
         for http in clients:  # connections open before the clock starts
-            _checked(await http.get("/api/v1/users/me"), 200)
+            checked(await http.get("/api/v1/users/me"), 200)
 
         async def work(s: Submitter, indices: range) -> None:
             for index in indices:
@@ -358,7 +358,7 @@ def verify(server: Server, run: str, ledger: Ledger) -> Verification:
             params: dict[str, Any] = {"limit": 500}
             if cursor:
                 params["continue"] = cursor
-            page = _checked(http.get("/api/v1/jobs", params=params), 200).json()
+            page = checked(http.get("/api/v1/jobs", params=params), 200).json()
             listed += sum(1 for job in page["items"] if job["name"].startswith(f"ld{prefix}"))
             cursor = page.get("continue")
             if not cursor:
@@ -379,7 +379,7 @@ def verify(server: Server, run: str, ledger: Ledger) -> Verification:
 
 def scrape(server: Server) -> str:
     headers = {"Authorization": f"Bearer {server.token}"}
-    return _checked(httpx.get(f"{server.url}/metrics", headers=headers, timeout=REQUEST_TIMEOUT_S), 200).text
+    return checked(httpx.get(f"{server.url}/metrics", headers=headers, timeout=REQUEST_TIMEOUT_S), 200).text
 
 
 async def _progress(server: Server, tally: Tally, ledger: Ledger, stop: asyncio.Event, echo: bool) -> None:

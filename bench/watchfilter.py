@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from bench.loadlib import checked
 from bench.loadnodes import inventory
 from tessera.platform.app import create_app
 from tessera.platform.controllers.scheduling import SchedulingLoop
@@ -29,23 +30,15 @@ from tessera.platform.services.execution import evict_job
 from tessera.platform.settings import Settings
 
 
-def _ok(response: Any, *codes: int) -> Any:
-    if response.status_code not in codes:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
-        )
-    return response
-
-
 def _watch(client: TestClient, headers: dict[str, str], **params: Any) -> tuple[list[dict[str, Any]], int]:
     """The watch from revision 0 to the head, all of it: a stream ends at its timeout, so read
     until its bookmarks reach the head (each bookmark says the stream is caught up)."""
-    head = _ok(client.get("/api/v1/jobs", headers=headers, params={"limit": 1}), 200).json()["revision"]
+    head = checked(client.get("/api/v1/jobs", headers=headers, params={"limit": 1}), 200).json()["revision"]
     changes: list[dict[str, Any]] = []
     size, since = 0, 0
     while since < head:
         query = {"since": since, "kind": "job", "timeout": 2.0, **params}
-        r = _ok(client.get("/api/v1/watch", headers=headers, params=query), 200)
+        r = checked(client.get("/api/v1/watch", headers=headers, params=query), 200)
         size += len(r.content)
         for line in r.text.splitlines():
             item = json.loads(line) if line else None
@@ -61,7 +54,7 @@ def _all_jobs(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any
     items: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 500}
     while True:
-        page = _ok(client.get("/api/v1/jobs", headers=headers, params=params), 200).json()
+        page = checked(client.get("/api/v1/jobs", headers=headers, params=params), 200).json()
         items += page["items"]
         if not page.get("continue"):
             return items
@@ -77,18 +70,18 @@ def run(nodes: int, jobs: int, home: Path) -> dict[str, Any]:
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {app.state.bootstrap_secret}"}
         db = app.state.db
-        _ok(client.post("/api/v1/users", headers=admin, json={"name": "agent"}), 201)
+        checked(client.post("/api/v1/users", headers=admin, json={"name": "agent"}), 201)
         body = {"name": "agent-node", "user": "agent", "scopes": ["node"]}
-        secret = _ok(client.post("/api/v1/tokens", headers=admin, json=body), 201).json()["secret"]
+        secret = checked(client.post("/api/v1/tokens", headers=admin, json=body), 201).json()["secret"]
         agent = {"Authorization": f"Bearer {secret}"}
         names = []
         for n in range(nodes):
             names.append(
-                _ok(client.post("/api/v1/nodes", headers=agent, json=inventory(n, 8)), 200).json()["name"]
+                checked(client.post("/api/v1/nodes", headers=agent, json=inventory(n, 8)), 200).json()["name"]
             )
         for j in range(jobs):
             job_body = {"name": f"w{j}", "groups": [{"command": ["true"], "resources": {"gpus": 1}}]}
-            _ok(client.post("/api/v1/jobs", headers=admin, json=job_body), 201)
+            checked(client.post("/api/v1/jobs", headers=admin, json=job_body), 201)
         loop = SchedulingLoop(db)
         done, moved = 0, 0
         placed_on: dict[str, set[str]] = {n: set() for n in names}
@@ -98,40 +91,22 @@ def run(nodes: int, jobs: int, home: Path) -> dict[str, Any]:
             for listed in page:
                 if listed["status"]["state"] not in ("SCHEDULED", "RUNNING"):
                     continue
-                job = _ok(client.get(f"/api/v1/jobs/{listed['name']}", headers=admin), 200).json()
-                state, node = job["status"]["state"], job["tasks"][0]["node"]
-                if state == "SCHEDULED":
-                    placed_on[node].add(job["name"])
-                    report = {
-                        "task_id": job["tasks"][0]["id"],
-                        "attempt": job["status"]["attempt"],
-                        "state": "RUNNING",
-                    }
-                    _ok(
-                        client.post(
-                            f"/api/v1/nodes/{node}/reports", headers=agent, json={"reports": [report]}
-                        ),
-                        200,
-                    )
-                elif state == "RUNNING":
+                # a listed job has no tasks (lists are summaries): read the whole job
+                job = checked(client.get(f"/api/v1/jobs/{listed['name']}", headers=admin), 200).json()
+                task, attempt = job["tasks"][0], job["status"]["attempt"]
+                report = {"task_id": task["id"], "attempt": attempt, "state": "RUNNING"}
+                if job["status"]["state"] == "SCHEDULED":
+                    placed_on[task["node"]].add(job["name"])
+                elif int(job["name"][1:]) % 10 == 0 and attempt == 0:
                     # every tenth job is preempted once: its next attempt may land on another node
-                    if int(job["name"][1:]) % 10 == 0 and job["status"]["attempt"] == 0:
-                        with db.write() as tx:
-                            evict_job(tx, uuid.UUID(job["id"]), job["version"], "Preempted", "bench")
-                        moved += 1
-                        continue
-                    report = {
-                        "task_id": job["tasks"][0]["id"],
-                        "attempt": job["status"]["attempt"],
-                        "state": "SUCCEEDED",
-                        "exit_code": 0,
-                    }
-                    _ok(
-                        client.post(
-                            f"/api/v1/nodes/{node}/reports", headers=agent, json={"reports": [report]}
-                        ),
-                        200,
-                    )
+                    with db.write() as tx:
+                        evict_job(tx, uuid.UUID(job["id"]), job["version"], "Preempted", "bench")
+                    moved += 1
+                    continue
+                else:
+                    report.update(state="SUCCEEDED", exit_code=0)
+                url = f"/api/v1/nodes/{task['node']}/reports"
+                checked(client.post(url, headers=agent, json={"reports": [report]}), 200)
             done = sum(1 for j in page if j["status"]["state"] == "SUCCEEDED")
         everything, all_bytes = _watch(client, admin)
         per_node = []
@@ -157,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=16, help="simulated nodes, 8 GPUs each (default 16)")
     parser.add_argument("--jobs", type=int, default=800, help="one-GPU jobs run to the end (default 800)")
     args = parser.parse_args(argv)
+    if args.nodes < 1 or args.jobs < 1:
+        parser.error("--nodes and --jobs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="tessera-watchfilter-") as tmp:
         r = run(args.nodes, args.jobs, Path(tmp))
     print(

@@ -20,8 +20,7 @@ NAME_FORM = "a DNS label: 1-63 lowercase letters, digits or '-', starting with a
 # the widest integer a stored integer column holds on every database (PostgreSQL's INTEGER)
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1  # BIGINT
-NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class Model(BaseModel):

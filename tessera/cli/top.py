@@ -61,7 +61,7 @@ _SLICE_COLUMNS = ["TASK", "GPU", "TIER", "MEMORY USED / ALLOC", "COMPUTE SHARE /
 _WIDE_SLICE = ["POLICY MEM/COMPUTE", "COMPUTE TIER", "COOPERATIVE"]
 
 
-def _show_node(usage: NodeUsage, wide: bool, node: Node | None = None) -> None:
+def _show_node(usage: NodeUsage, wide: bool, node: Node | None) -> None:
     measured = age(usage.at)
     error = f"; device error: {usage.device_error}" if usage.device_error else ""
     state = f" ({node.state.value})" if node is not None else ""

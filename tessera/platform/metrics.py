@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -45,7 +45,7 @@ class StoreCollector(Collector):
     def __init__(self, db: Callable[[], Database]) -> None:
         self.db = db
 
-    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("tessera_jobs", "Jobs by state.", labels=["state"])
         nodes = GaugeMetricFamily("tessera_nodes", "Nodes by state.", labels=["state"])
         revision = GaugeMetricFamily("tessera_store_revision", "Change-feed revision.")
@@ -72,19 +72,11 @@ class StoreCollector(Collector):
         yield from _writers(db)
 
 
-def _writers(db: Database) -> Iterator[HistogramMetricFamily]:
+def _writers(db: Database) -> Iterator[Metric]:
     """The single writer's saturation: the wait for SQLite's writer slot, and how long write
     transactions take (hold the slot, on SQLite)."""
-    for name, doc, timing in (
-        (
-            "tessera_db_write_wait_seconds",
-            "Time write transactions waited for this process's SQLite writer slot (none on PostgreSQL).",
-            db.timings.wait,
-        ),
-        ("tessera_db_write_seconds", "Duration of write transactions, to commit.", db.timings.held),
-    ):
-        buckets, total = timing.buckets()
-        yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+    yield from db.write_wait.collect()
+    yield from db.write_held.collect()
 
 
 def _pool(db: Database) -> Iterator[GaugeMetricFamily]:

@@ -88,7 +88,7 @@ def test_a_nodes_watch_sees_its_jobs_arrive_and_leave(api: Api, tmp_path: Path) 
 
 def test_a_nodes_watch_names_a_node(api: Api) -> None:
     r = api.call("GET", "/api/v1/watch", params={"since": 0, "node": "Not A Name%", "timeout": 0.5})
-    assert r.status_code == 422 and "node" in r.text
+    assert r.status_code == 422 and "node" in r.text and "DNS label" in r.text
 
 
 def test_the_migration_records_where_existing_jobs_are(api: Api) -> None:

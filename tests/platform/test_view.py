@@ -53,9 +53,12 @@ def test_incremental_view_matches_a_full_read_through_a_jobs_life(api: Api) -> N
     exited(api, token, api.call("GET", "/api/v1/jobs/low").json(), exit_code=143)
     snap = same_as_full_read(loop)
     assert sorted(g.used_compute_pct for g in snap.nodes[0].gpus) == [0.0, 50.0]
-    preempting = [j for j in loop.view.snapshot(utcnow()).pending if j.name == "vip"]
+    now = utcnow()
+    preempting = [j for j in loop.view.snapshot(now).pending if j.name == "vip"]
     assert preempting[0].preempting  # its claim holds for a while, then lapses
+    assert len(loop.view.claims) == 1 and loop.view.claims[0] > now  # the loop wakes when it lapses
     assert not [j for j in loop.view.snapshot(utcnow() + timedelta(minutes=5)).pending if j.preempting]
+    assert loop.view.claims == []
     assert api.call("POST", "/api/v1/jobs/half/cancel").status_code == 200
     same_as_full_read(loop)
     assert api.call("DELETE", "/api/v1/nodes/n1").status_code in (200, 204)

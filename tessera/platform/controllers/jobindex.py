@@ -21,7 +21,7 @@ from tessera.api.common import Duration
 from tessera.api.events import Change
 from tessera.api.jobs import JobState
 from tessera.platform.store.db import Database
-from tessera.platform.store.feed import Compacted, changes_after
+from tessera.platform.store.feed import Compacted, catch_up
 from tessera.platform.store.rows import JobRow, RevisionRow
 
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
@@ -60,18 +60,10 @@ class JobIndex:
         if self.revision < 0:
             self._relist()
             return
-        while True:
-            try:
-                with self.db.read() as session:
-                    changes, resume = changes_after(session, self.revision, kinds=("job",))
-            except Compacted:
-                self._relist()
-                return
-            for change in changes:
-                self._apply(change)
-            self.revision = resume
-            if not changes:
-                return
+        try:
+            self.revision = catch_up(self.db, self.revision, ("job",), self._apply)
+        except Compacted:
+            self._relist()
 
     def due(self, now: datetime) -> list[tuple[uuid.UUID, datetime]]:
         """Live jobs whose deadline is at or before ``now`` (they stay indexed until they end)."""

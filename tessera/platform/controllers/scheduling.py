@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from tessera.api.events import Change
 from tessera.api.jobs import Job, JobState, JobStatus, PendingReason
 from tessera.platform.controllers.view import ClusterView, load_view
 from tessera.platform.metrics import SchedulerMetrics, scheduler_metrics
@@ -23,7 +24,7 @@ from tessera.platform.services.elastic import grant_slices, shrink_job
 from tessera.platform.services.execution import bind_job, evict_job
 from tessera.platform.services.jobs import render_job
 from tessera.platform.store.db import Database, Tx
-from tessera.platform.store.feed import Compacted, changes_after
+from tessera.platform.store.feed import Compacted, catch_up
 from tessera.platform.store.rows import JobRow
 from tessera.platform.store.types import utcnow
 from tessera.scheduler import model
@@ -69,18 +70,14 @@ class SchedulingLoop:
         if self.view.revision < 0:
             self._relist()
             return
-        while True:
-            try:
-                with self.db.read() as session:
-                    changes, resume = changes_after(session, self.view.revision, kinds=KINDS)
-            except Compacted:
-                self._relist()
-                return
-            relevant = [self.view.apply(change) for change in changes]  # every change folded in
-            self._dirty |= any(relevant)
-            self.view.revision = resume
-            if not changes:
-                return
+        try:
+            self.view.revision = catch_up(self.db, self.view.revision, KINDS, self._fold)
+        except Compacted:
+            self._relist()
+
+    def _fold(self, change: Change) -> None:
+        if self.view.apply(change):  # a change that leaves the scheduler's input as it was: no cycle
+            self._dirty = True
 
     def _relist(self) -> None:
         self.view, self._dirty = load_view(self.db, self.placement), True
@@ -111,7 +108,7 @@ class SchedulingLoop:
         # nothing in the store changes when a backfill runs past its time, but a holder may then evict it
         ends = [j.backfill_until for j in snapshot.running if j.backfill_until and j.backfill_until > now]
         # nor when a preemptor's claim on the room it freed runs out
-        self._wake_at = min([*ends, *self.view.claims_after(now)], default=None)
+        self._wake_at = min([*ends, *self.view.claims], default=None)
         self.metrics.cycles.inc()
         took = time.perf_counter() - start
         self.metrics.cycle.observe(took)
@@ -171,7 +168,6 @@ class SchedulingLoop:
                 try:
                     with tx.savepoint():  # its change rendered inside: one bad job undoes one bind
                         bound = bind_job(tx, bind.job_id, job.version, bind)
-                        tx.log_later()
                 except Exception:
                     log.exception("bind of job %s failed", bind.job_id)
                     self.metrics.failed_binds.labels("error").inc()

@@ -71,6 +71,9 @@ class ClusterView:
     _node_states: dict[str, model.NodeState] = field(default_factory=dict)
     _stale: set[str] = field(default_factory=set)  # nodes whose usage or inventory changed
     _queue_states: tuple[model.QueueState, ...] | None = None
+    # when pending preemptors' claims on the room they freed run out (those still ahead at the
+    # last snapshot): nothing in the store changes then, so the loop wakes for them
+    claims: list[datetime] = field(default_factory=list)
 
     def apply(self, change: Change) -> bool:
         """Fold one change of the feed into the view; False when the scheduler's input is as it was
@@ -133,12 +136,6 @@ class ClusterView:
             self._stale.add(name)
         return True
 
-    def claims_after(self, now: datetime) -> list[datetime]:
-        """When pending preemptors' claims on the room they freed run out, those still ahead."""
-        return [
-            d.claim_until for d in self._derived.values() if d.claim_until is not None and d.claim_until > now
-        ]
-
     def snapshot(self, now: datetime) -> model.Snapshot:
         """The scheduler's input: cached pieces, with usage re-summed on changed nodes only."""
         for name in self._stale:
@@ -148,11 +145,13 @@ class ClusterView:
         self._stale.clear()
         pending: list[model.PendingJob] = []
         running: list[model.RunningJob] = []
+        self.claims = []
         for derived in self._derived.values():
             if derived.pending is not None:
                 job = derived.pending
                 if derived.claim_until is not None and now < derived.claim_until:
                     job = dataclasses.replace(job, preempting=True)
+                    self.claims.append(derived.claim_until)
                 spec = self.jobs[job.job_id].spec
                 if spec.data:
                     job = self._with_data(job, spec.data)

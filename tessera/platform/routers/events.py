@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from tessera.api.common import NAME_PATTERN
+from tessera.api.common import Name
 from tessera.api.events import Event
 from tessera.platform.auth import UserPrincipal, WatchPrincipal
 from tessera.platform.deps import DbDep, SettingsDep
@@ -69,9 +69,8 @@ async def watch(
     ] = 0,
     kind: Annotated[list[str] | None, Query(description="Only these kinds (job, node, ...).")] = None,
     node: Annotated[
-        str | None,
+        Name | None,
         Query(
-            pattern=NAME_PATTERN,
             description="A node's name: only the job changes that concern it (its tasks were or "
             "are placed there; a node agent's watch). Changes of other kinds are not filtered.",
         ),

@@ -229,7 +229,8 @@ def apply_node_reports(db: Database, batches: dict[str, list[TaskReport]]) -> in
     node's pods at once)."""
     applied = 0
     with db.write() as tx:
-        loaded = _preload(tx.session, [r for batch in batches.values() for r in batch])  # noqa: F841
+        # held for the transaction: the session keeps loaded rows only while something refers to them
+        _loaded = _preload(tx.session, [r for batch in batches.values() for r in batch])
         touched: dict[uuid.UUID, JobRow] = {}
         for node, report in ((n, r) for n, batch in batches.items() for r in batch):
             if report.state in (TaskState.SUCCEEDED, TaskState.FAILED):

@@ -21,20 +21,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from tessera.platform.store.rows import ChangeRow, RevisionRow, Stored
-from tessera.platform.store.timings import WriterTimings
 from tessera.platform.store.types import utcnow
 
 _WRITE = "tessera_write"
+WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Fence = Callable[[Session], bool]
 """Whether a write transaction may go on: run inside it, after the revision bump."""
@@ -80,6 +81,11 @@ RenderMany = Callable[[Session, list[Any]], list[Any]]
 """Rows of one kind to their API models (pydantic), in order."""
 
 
+def _node_tag(nodes: set[str]) -> str:
+    """ ",a,b," (a node's watch matches ",a,"), or "" for none."""
+    return f",{','.join(sorted(nodes))}," if nodes else ""
+
+
 @dataclass
 class Tx:
     """A write transaction: its session, its revision, and the changes it logged."""
@@ -107,11 +113,13 @@ class Tx:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """A nested transaction; rolled back, it takes back the ``put_later`` calls made inside it."""
+        """A nested transaction whose deferred changes are logged inside it (a change that fails
+        to render rolls it back); rolled back, it takes back the ``put_later`` calls made in it."""
         later = dict(self._later)
         try:
             with self.session.begin_nested():
                 yield
+                self.log_later()
         except BaseException:
             self._later = later
             raise
@@ -142,7 +150,7 @@ class Tx:
             return None
         before = {n for n in (row.placed_nodes or "").split(",") if n}
         if obj is None:
-            return f",{','.join(sorted(before))}," if before else ""
+            return _node_tag(before)
         after = {t["node"] for t in obj.get("tasks") or () if t.get("node")}
         if after != before:
             # past the row's version: where it is placed is bookkeeping, not an edit of the job
@@ -150,8 +158,7 @@ class Tx:
             where = ",".join(sorted(after))
             self.session.execute(update(table).where(table.c.id == row.id).values(placed_nodes=where))
             self.session.expire(row, ["placed_nodes"])  # read again (a rolled-back savepoint undoes it)
-        both = before | after
-        return f",{','.join(sorted(both))}," if both else ""
+        return _node_tag(before | after)
 
     def record(
         self,
@@ -193,7 +200,19 @@ class Database:
         self._sqlite_writer = threading.Lock() if self.is_sqlite else None
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._fence: Fence | None = None
-        self.timings = WriterTimings()  # shared with fenced views (a shallow copy)
+        # the writers' saturation (metrics.py exposes them; fenced views share them, a shallow copy)
+        self.write_wait = Histogram(
+            "tessera_db_write_wait_seconds",
+            "Time write transactions waited for this process's SQLite writer slot (none on PostgreSQL).",
+            buckets=WRITE_BUCKETS,
+            registry=None,
+        )
+        self.write_held = Histogram(
+            "tessera_db_write_seconds",
+            "Duration of write transactions, to commit.",
+            buckets=WRITE_BUCKETS,
+            registry=None,
+        )
 
     def fenced(self, fence: Fence) -> Database:
         """A view of this database (same engine and pool) whose write transactions are
@@ -238,19 +257,14 @@ class Database:
         """This process's turn to write: SQLite's one writer slot (timed: waiting for it, then
         holding it); on PostgreSQL only the transaction's length is timed."""
         asked = time.perf_counter()
-        if self._sqlite_writer is None:
-            try:
-                yield
-            finally:
-                self.timings.held.observe(time.perf_counter() - asked)
-            return
-        with self._sqlite_writer:
+        with self._sqlite_writer or nullcontext():
             got = time.perf_counter()
-            self.timings.wait.observe(got - asked)
+            if self._sqlite_writer is not None:
+                self.write_wait.observe(got - asked)
             try:
                 yield
             finally:
-                self.timings.held.observe(time.perf_counter() - got)
+                self.write_held.observe(time.perf_counter() - got)
 
     def current_revision(self) -> int:
         with self.read() as session:

@@ -7,12 +7,13 @@ compacted revision is told to re-list (:class:`Compacted`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tessera.api.events import Change
+from tessera.platform.store.db import Database
 from tessera.platform.store.rows import ChangeRow, RevisionRow
 
 
@@ -76,6 +77,19 @@ def changes_after(
         Change(revision=r.revision, kind=r.kind, id=r.entity_id, op=r.op, object=r.object) for r in rows
     ]
     return changes, resume
+
+
+def catch_up(db: Database, after: int, kinds: Sequence[str], apply: Callable[[Change], object]) -> int:
+    """Hand every change after ``after`` to ``apply``, oldest first, page by page until none is
+    left; returns the revision reached. Raises :class:`Compacted` (the caller lists again)."""
+    while True:
+        with db.read() as session:
+            changes, resume = changes_after(session, after, kinds=kinds)
+        for change in changes:
+            apply(change)
+        after = resume
+        if not changes:
+            return after
 
 
 def compact(session: Session, keep_after: int) -> int:

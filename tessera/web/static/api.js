@@ -47,7 +47,9 @@ const RETRIES_429 = 3;
 
 /** Seconds to wait before asking again after a 429: its Retry-After, at most 10 s. */
 function retryAfter(res) {
-  const seconds = Number(res.headers.get("Retry-After"));
+  const header = res.headers.get("Retry-After");
+  if (header === null) return 1; // Number(null) would be 0: no pause at all
+  const seconds = Number(header);
   return Number.isFinite(seconds) && seconds >= 0 ? Math.min(seconds, 10) : 1;
 }
 
